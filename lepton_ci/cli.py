@@ -1,0 +1,103 @@
+"""The `lepton-ci` command line: a thin click layer over the step modules.
+
+Subcommands live in `lepton_ci.commands.*` and are imported only when invoked, so `--help` and
+`--version` stay fast and never import numpy, torch, jinja2 or requests. Every error reaches the user
+as one line and an exit code: 2 for bad input, 1 for a failed step; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from lepton_ci import __version__
+
+# name -> (module, attribute, one-line help shown by --help without importing the module)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("lepton_ci.commands.run", "run_cmd", "Run the steps configured in lepton.yml, in order."),
+    "train": ("lepton_ci.commands.train", "train_cmd", "Run the training command and record run.json."),
+    "metrics": ("lepton_ci.commands.metrics", "metrics_group", "Compare metrics across git revisions."),
+    "gate": ("lepton_ci.commands.gate", "gate_cmd", "Check the candidate's metrics against rules and a baseline."),
+    "tag": ("lepton_ci.commands.tag", "tag_cmd", "Register the gated model as a new immutable version."),
+    "registry": ("lepton_ci.commands.registry", "registry_group", "Inspect and move versions and aliases."),
+    "deploy": ("lepton_ci.commands.deploy", "deploy_group", "Deploy a blessed version; status, stop, rollback."),
+    "report": ("lepton_ci.commands.report", "report_cmd", "Render the markdown report for the pull request."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="lepton-ci", message="%(prog)s %(version)s")
+@click.option("-c", "--config", "config_path", metavar="PATH", envvar="LEPTON_CI_CONFIG",
+              help="Project config (default: ./lepton.yml).")
+@click.option("--debug", is_flag=True, envvar="LEPTON_CI_DEBUG", help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """CI/CD steps for machine-learning models: train, gate, tag, deploy, report."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    ctx.obj["debug"] = debug
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("LEPTON_CI_DEBUG", "") not in ("", "0", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps every exception to one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="lepton-ci", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("lepton-ci: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        if _debug_requested(args):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else "lepton-ci: "
+        hint = "" if ctx is None else f" (see '{ctx.command_path} --help')"
+        click.echo(f"{where}error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("lepton-ci: interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place all errors become exit codes
+        from lepton_ci.errors import LeptonError
+
+        if _debug_requested(args):
+            raise
+        if isinstance(exc, LeptonError):
+            click.echo(f"lepton-ci: error: {exc}", err=True)
+            return exc.exit_code
+        if isinstance(exc, OSError) and exc.filename:
+            click.echo(f"lepton-ci: error: {exc.strerror}: {exc.filename}", err=True)
+            return 2
+        click.echo(f"lepton-ci: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`lepton-ci deploy`, `deploy status`, `deploy stop`, `deploy rollback`."""
+
+from __future__ import annotations
+
+import click
+
+from lepton_ci.commands._common import config_from, echo_json, status_line
+
+
+def _print(d, as_json: bool) -> None:
+    if as_json:
+        echo_json(d.to_dict())
+        return
+    click.echo(f"{d.model} v{d.version} on {d.target}: {d.status} at {d.endpoint}")
+    for h in d.health:
+        ms = f" ({h['ms']} ms)" if h.get("ms") is not None else ""
+        click.echo("  " + status_line(bool(h.get("passed")), f"{h.get('check')}{ms}{': ' + h['detail'] if h.get('detail') else ''}"))
+
+
+@click.group("deploy", invoke_without_command=True)
+@click.option("-v", "--version", "ref", metavar="REF", help="Version, alias or digest (default: the version `tag` just made).")
+@click.option("--allow-unblessed", is_flag=True, help="Deploy even without a passing, signed gate record (recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
+@click.pass_context
+def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, as_json: bool) -> None:
+    """Deploy a blessed version to deploy.target, then move deploy.alias (production) to it."""
+    ctx.obj["as_json"] = as_json
+    if ctx.invoked_subcommand is not None:
+        return
+    from lepton_ci.steps.deploy import deploy
+
+    config = config_from(ctx)
+    if allow_unblessed:
+        click.echo("lepton-ci: warning: --allow-unblessed: the gate record is not enforced for this deploy", err=True)
+    _print(deploy(config, ref=ref, allow_unblessed=allow_unblessed), as_json)
+
+
+@deploy_group.command("status")
+@click.pass_context
+def status_cmd(ctx: click.Context) -> None:
+    """Check the recorded deployment; exit 1 unless it is healthy."""
+    from lepton_ci.errors import StepFailed
+    from lepton_ci.steps.deploy import status
+
+    d = status(config_from(ctx))
+    _print(d, ctx.obj["as_json"])
+    if d.status != "healthy":
+        raise StepFailed(f"deployment is {d.status}")
+
+
+@deploy_group.command("stop")
+@click.pass_context
+def stop_cmd(ctx: click.Context) -> None:
+    """Stop the recorded deployment."""
+    from lepton_ci.steps.deploy import stop
+
+    _print(stop(config_from(ctx)), ctx.obj["as_json"])
+
+
+@deploy_group.command("rollback")
+@click.pass_context
+def rollback_cmd(ctx: click.Context) -> None:
+    """Deploy the previous version again and move the alias back to it."""
+    from lepton_ci.steps.deploy import rollback
+
+    _print(rollback(config_from(ctx)), ctx.obj["as_json"])

@@ -1,0 +1,152 @@
+"""`lepton-ci registry list|show|history|promote|rollback|check`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from lepton_ci.commands._common import config_from, echo_json
+
+
+def _registry(ctx: click.Context):
+    from lepton_ci.config import DEFAULT_REGISTRY
+    from lepton_ci.registry import open_registry
+
+    url = ctx.obj.get("registry_url")
+    config = config_from(ctx, required=False)
+    base = config.root if config else Path.cwd()
+    url = url or (config.registry_url if config else os.environ.get("LEPTON_CI_REGISTRY") or DEFAULT_REGISTRY)
+    return open_registry(url, base)
+
+
+def _model(ctx: click.Context) -> str:
+    from lepton_ci.errors import UserError
+
+    name = ctx.obj.get("model")
+    if name:
+        return name
+    config = config_from(ctx, required=False)
+    if config is None:
+        raise UserError("no model given: pass --model NAME or run where lepton.yml names the model")
+    return config.model_name
+
+
+@click.group("registry")
+@click.option("-r", "--registry", "registry_url", metavar="URL", help="Registry URL (default: from lepton.yml, else file://.lepton/registry).")
+@click.option("-m", "--model", metavar="NAME", help="Model name (default: model.name in lepton.yml).")
+@click.pass_context
+def registry_group(ctx: click.Context, registry_url: str | None, model: str | None) -> None:
+    """Inspect the model registry and move aliases."""
+    ctx.obj["registry_url"] = registry_url
+    ctx.obj["model"] = model
+
+
+@registry_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List the versions of every model, or of --model only."""
+    reg = _registry(ctx)
+    name = ctx.obj.get("model")
+    names = [name] if name else reg.models()
+    rows = []
+    for n in names:
+        aliases = reg.aliases(n)
+        for mv in reg.versions(n):
+            rows.append({"model": n, "version": mv.version, "digest": mv.digest, "created": mv.created,
+                         "aliases": sorted(a for a, v in aliases.items() if v == mv.version),
+                         "gate": (mv.gate or {}).get("verdict", "none"), "metrics": mv.metrics})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no versions" + (f" of {name}" if name else ""))
+    for r in rows:
+        al = f"  [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+        click.echo(f"{r['model']}  v{r['version']}  {r['digest'][:19]}  {r['created']}  gate:{r['gate']}{al}")
+
+
+@registry_group.command("show")
+@click.argument("ref", default="latest")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show_cmd(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show one version: a number (3 or v3), an alias, a digest, or 'latest'."""
+    reg = _registry(ctx)
+    mv = reg.get(_model(ctx), ref)
+    if as_json:
+        echo_json(mv.to_dict())
+        return
+    aliases = sorted(a for a, v in reg.aliases(mv.name).items() if v == mv.version)
+    click.echo(f"{mv.name} v{mv.version}\n  digest:    {mv.digest}\n  created:   {mv.created}")
+    click.echo(f"  aliases:   {', '.join(aliases) or '-'}\n  gate:      {(mv.gate or {}).get('verdict', 'none')}")
+    click.echo(f"  run:       {(mv.run or {}).get('run_id', '-')}")
+    for art in mv.artifacts:
+        click.echo(f"  artifact:  {art['path']}  {art['size']} bytes  sha256:{art['sha256'][:12]}")
+    for k, v in sorted(mv.metrics.items()):
+        click.echo(f"  metric:    {k} = {v}")
+
+
+@registry_group.command("history")
+@click.option("-a", "--alias", metavar="NAME", help="Only this alias.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def history_cmd(ctx: click.Context, alias: str | None, as_json: bool) -> None:
+    """The append-only history of alias moves."""
+    events = _registry(ctx).history(_model(ctx), alias)
+    if as_json:
+        echo_json([e.to_dict() for e in events])
+        return
+    if not events:
+        click.echo("no alias moves yet")
+    for e in events:
+        frm = f"v{e.from_}" if e.from_ is not None else "-"
+        click.echo(f"#{e.seq}  {e.at}  {e.alias}: {frm} -> v{e.to}  {e.action}  by {e.actor}  {e.reason}")
+
+
+@registry_group.command("promote")
+@click.argument("ref")
+@click.argument("alias")
+@click.option("--reason", default="", help="Recorded in the alias history.")
+@click.pass_context
+def promote_cmd(ctx: click.Context, ref: str, alias: str, reason: str) -> None:
+    """Point ALIAS at version REF."""
+    reg = _registry(ctx)
+    name = _model(ctx)
+    mv = reg.get(name, ref)
+    e = reg.move_alias(name, alias, mv.version, reason=reason or "promote")
+    click.echo(f"{name}: {alias} -> v{e.to}" + (f" (was v{e.from_})" if e.from_ is not None else ""))
+
+
+@registry_group.command("rollback")
+@click.argument("alias")
+@click.option("--reason", default="", help="Recorded in the alias history.")
+@click.pass_context
+def rollback_cmd(ctx: click.Context, alias: str, reason: str) -> None:
+    """Move ALIAS back to the target it had before its last move."""
+    name = _model(ctx)
+    e = _registry(ctx).rollback(name, alias, reason=reason)
+    click.echo(f"{name}: {alias} rolled back v{e.from_} -> v{e.to}")
+
+
+@registry_group.command("check")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Verify every digest, blob and the alias history chain. Exit 1 on any error."""
+    from lepton_ci.errors import StepFailed
+
+    reg = _registry(ctx)
+    problems = reg.check()
+    errors = [p for p in problems if p.severity == "error"]
+    if as_json:
+        echo_json([{"where": p.where, "message": p.message, "severity": p.severity} for p in problems])
+    else:
+        for p in problems:
+            click.echo(f"{p.severity}: {p.where}: {p.message}")
+        if not errors:
+            click.echo(f"registry {reg.url}: OK ({len(problems)} warning(s))")
+    if errors:
+        raise StepFailed(f"registry check found {len(errors)} error(s)")

@@ -1,0 +1,29 @@
+"""`lepton-ci tag`."""
+
+from __future__ import annotations
+
+import click
+
+from lepton_ci.commands._common import config_from, echo_json, path_option
+
+
+@click.command("tag")
+@path_option("--run", "run_path", help="run.json of the run to register.")
+@path_option("--gate", "gate_path", help="gate.json that blessed it.")
+@click.option("-a", "--alias", "aliases", multiple=True, metavar="NAME", help="Alias to point at the new version (default: tag.aliases or candidate).")
+@click.option("--reason", default="", help="Recorded in the alias history.")
+@click.option("--json", "as_json", is_flag=True, help="Print the version record as JSON.")
+@click.pass_context
+def tag_cmd(ctx: click.Context, run_path, gate_path, aliases: tuple[str, ...], reason: str, as_json: bool) -> None:
+    """Register the run's artifacts as the next immutable version of the model."""
+    from lepton_ci.steps.tag import tag
+
+    config = config_from(ctx)
+    result = tag(config, run_path=run_path, gate_path=gate_path, aliases=list(aliases) if aliases else None, reason=reason)
+    mv = result.version
+    if as_json:
+        echo_json(mv.to_dict())
+        return
+    what = "registered" if result.created else "already registered"
+    moved = ", ".join(f"{e.alias} -> v{e.to}" for e in result.aliases)
+    click.echo(f"{mv.name} v{mv.version} {what} ({mv.digest}){'; ' + moved if moved else ''}")

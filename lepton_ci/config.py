@@ -1,0 +1,250 @@
+"""lepton.yml: loading, validation against the shipped JSON Schema, and errors that carry file:line.
+
+YAML is composed into nodes first so every value keeps its line; jsonschema then validates the plain
+data, and each error is mapped back to the line of the key it concerns. Only the first problem (by
+line) is reported: one clear line beats a wall of cascading messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lepton_ci.errors import ConfigError, UserError
+
+DEFAULT_NAME = "lepton.yml"
+DEFAULT_REGISTRY = "file://.lepton/registry"
+DEFAULT_STEPS = ["train", "gate", "tag", "deploy", "report"]
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "lepton.schema.json"
+
+KeyPath = tuple[Any, ...]
+
+
+def format_keypath(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _yaml_loader(text: str):
+    import yaml
+
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return loader_cls(text)
+
+
+def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, int]]:
+    """Parse YAML into plain data plus a map from key path to 1-based line number."""
+    import yaml
+
+    loader = _yaml_loader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "1"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML: {problem}", where=f"{filename}:{line}") from None
+    finally:
+        loader.dispose()
+    lines: dict[KeyPath, int] = {}
+    if node is None:
+        return None, lines
+
+    def build(n: Any, path: KeyPath) -> Any:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    raise ConfigError("mapping keys must be plain scalars", where=f"{filename}:{key_node.start_mark.line + 1}")
+                if key in out:
+                    raise ConfigError(
+                        f"duplicate key {format_keypath(path + (key,))!r} (first at line {lines[path + (key,)]})",
+                        where=f"{filename}:{key_node.start_mark.line + 1}",
+                    )
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                out[key] = build(value_node, path + (key,))
+                lines[path + (key,)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [build(item, path + (i,)) for i, item in enumerate(n.value)]
+        try:
+            return loader.construct_object(n, deep=True)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"bad value: {exc}", where=f"{filename}:{n.start_mark.line + 1}") from None
+
+    return build(node, ()), lines
+
+
+_TYPE_NAMES = {
+    "object": "a mapping", "array": "a list", "string": "a string", "number": "a number",
+    "integer": "an integer", "boolean": "true or false", "null": "null",
+}
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return f"{kind} {value!r}"
+    return kind
+
+
+def _error_message(err: Any) -> tuple[KeyPath, str]:
+    """Turn one jsonschema error into (key path it concerns, message)."""
+    path: KeyPath = tuple(err.absolute_path)
+    name = format_keypath(path)
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    v = err.validator
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(k for k in err.instance if k not in schema.get("properties", {}))
+        key = unknown[0]
+        hint = difflib.get_close_matches(str(key), allowed, n=1)
+        did = f"; did you mean {hint[0]!r}?" if hint else ""
+        return path + (key,), (
+            f"unknown key {format_keypath(path + (key,))!r} (expected one of: {', '.join(allowed)}){did}"
+        )
+    if v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        where = f"{name!r}" if path else "the config"
+        return path, f"{where} is missing required key {missing!r}"
+    if v == "type":
+        expected = err.validator_value
+        expected = expected if isinstance(expected, list) else [expected]
+        want = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
+        return path, f"{name!r} must be {want}, got {_describe(err.instance)}"
+    if v == "enum":
+        return path, f"{name!r} must be one of: {', '.join(map(str, err.validator_value))}; got {err.instance!r}"
+    if v == "const":
+        return path, f"{name!r} must be {err.validator_value!r}; got {err.instance!r}"
+    if v == "pattern":
+        return path, f"{name!r} must match {err.validator_value}; got {err.instance!r}"
+    if v == "anyOf" and path and path[-2:-1] == ("rules",):
+        return path, f"{name!r} needs at least one of min, max, max_drop, max_drop_pct"
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return path, f"{name!r} must be {op} {err.validator_value}; got {err.instance!r}"
+    if v == "minLength":
+        return path, f"{name!r} must not be empty"
+    return path, f"{name!r}: {err.message}"
+
+
+def _line_for(lines: dict[KeyPath, int], path: KeyPath) -> int:
+    while path not in lines and path:
+        path = path[:-1]
+    return lines.get(path, 1)
+
+
+def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {_describe(data)}", where=f"{filename}:1")
+    validator = Draft202012Validator(load_schema())
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    located = []
+    for err in errors:
+        path, message = _error_message(err)
+        located.append((_line_for(lines, path), message))
+    located.sort()
+    line, message = located[0]
+    more = f" (and {len(located) - 1} more problem(s))" if len(located) > 1 else ""
+    raise ConfigError(message + more, where=f"{filename}:{line}")
+
+
+@dataclass
+class Config:
+    """A validated lepton.yml. Paths in it are relative to the directory holding the file."""
+
+    path: Path
+    data: dict[str, Any]
+    lines: dict[KeyPath, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def where(self, *keypath: Any) -> str:
+        return f"{self.path.name}:{_line_for(self.lines, tuple(keypath))}"
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.data.get(name) or {})
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def model_name(self) -> str:
+        return self.data["model"]["name"]
+
+    @property
+    def framework(self) -> str:
+        return self.data["model"].get("framework", "sklearn")
+
+    @property
+    def model_file(self) -> str | None:
+        return self.data["model"].get("file")
+
+    @property
+    def registry_url(self) -> str:
+        return os.environ.get("LEPTON_CI_REGISTRY") or self.data.get("registry") or DEFAULT_REGISTRY
+
+    @property
+    def steps(self) -> list[str]:
+        return list(self.data.get("steps") or DEFAULT_STEPS)
+
+    def output(self, section: str, default: str) -> Path:
+        return self.resolve(self.section(section).get("output", default))
+
+    @property
+    def run_path(self) -> Path:
+        return self.output("train", ".lepton/run.json")
+
+    @property
+    def gate_path(self) -> Path:
+        return self.output("gate", ".lepton/gate.json")
+
+    @property
+    def deployment_path(self) -> Path:
+        return self.output("deploy", ".lepton/deployment.json")
+
+    @property
+    def report_path(self) -> Path:
+        return self.output("report", ".lepton/report.md")
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {p} (create lepton.yml or pass --config PATH)") from None
+    except IsADirectoryError:
+        raise UserError(f"config path is a directory, expected a lepton.yml file: {p}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", where=f"{p.name}:1") from None
+    data, lines = parse_yaml_with_lines(text, p.name)
+    validate(data, lines, p.name)
+    return Config(path=p.resolve(), data=data, lines=lines)
+
+
+def find_config(explicit: str | None) -> Path:
+    """The config the user meant: --config, then $LEPTON_CI_CONFIG, then ./lepton.yml."""
+    return Path(explicit or os.environ.get("LEPTON_CI_CONFIG") or DEFAULT_NAME)

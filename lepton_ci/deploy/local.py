@@ -1,0 +1,197 @@
+"""Local deploy target: the model server as a detached process on 127.0.0.1, blue/green.
+
+With port 0 (default) the new server starts on a fresh port beside the old one, is checked (ready,
+metadata, smoke inference), and only then is the old one stopped: zero downtime, and a failed rollout
+leaves the old server untouched. With a fixed port the old server must stop first; if the new one then
+fails, the old version is started again on that port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lepton_ci import v2client
+from lepton_ci.deploy.base import DeployFailed, DeploySpec
+from lepton_ci.records import Deployment
+from lepton_ci.timeutil import utcnow
+
+STOP_GRACE_S = 10.0
+
+
+def _start_ticks(pid: int) -> str | None:
+    """Process start time from /proc, so a recycled PID is never mistaken for our server."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def process_alive(proc: dict[str, Any]) -> bool:
+    pid = proc.get("pid")
+    return bool(pid) and _start_ticks(pid) is not None and _start_ticks(pid) == proc.get("start_ticks")
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+class LocalTarget:
+    name = "local"
+
+    def _launch(self, spec: DeploySpec, port: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        run_dir = spec.state_dir / "servers" / f"v{spec.version.version}-{int(time.time() * 1000)}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        port_file = run_dir / "port"
+        log = run_dir / "server.log"
+        host = spec.options.get("host", "127.0.0.1")
+        cmd = [sys.executable, "-m", "lepton_ci.serve", "--model-dir", str(spec.model_dir), "--model-file", spec.model_file,
+               "--framework", spec.framework, "--name", spec.version.name, "--version", str(spec.version.version),
+               "--host", host, "--port", str(port), "--port-file", str(port_file)]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, close_fds=True)
+        info = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "command": cmd, "log": str(log),
+                "port_file": str(port_file), "host": host}
+        return proc, info
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], info: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        port_file = Path(info["port_file"])
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return [{"check": "start", "passed": False,
+                         "detail": f"server exited with code {proc.returncode}: {_log_tail(Path(info['log']))}"}]
+            if port_file.is_file() and port_file.read_text().strip().isdigit():
+                info["port"] = int(port_file.read_text().strip())
+                base = f"http://{info['host']}:{info['port']}"
+                ready = v2client.check("ready", "GET", f"{base}/v2/health/ready")
+                if ready["passed"]:
+                    return [v2client.check("live", "GET", f"{base}/v2/health/live"), ready]
+            time.sleep(0.05)
+        return [{"check": "ready", "passed": False, "detail": f"not ready within {timeout:g}s: {_log_tail(Path(info['log']))}"}]
+
+    def _checks(self, spec: DeploySpec, info: dict[str, Any]) -> list[dict[str, Any]]:
+        base = f"http://{info['host']}:{info['port']}/v2/models/{spec.version.name}"
+        meta = v2client.check("metadata", "GET", base)
+        checks = [meta]
+        if meta["passed"]:
+            body = spec.smoke_request or v2client.zeros_request(meta["response"] or {})
+            smoke = v2client.check("smoke", "POST", f"{base}/infer", body)
+            if smoke["passed"]:
+                smoke["response"] = {"outputs": [o.get("name") for o in (smoke["response"] or {}).get("outputs", [])]}
+            checks.append(smoke)
+        meta["response"] = None
+        return checks
+
+    def _stop_process(self, proc: dict[str, Any]) -> None:
+        if not process_alive(proc):
+            return
+        pid = proc["pid"]
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and process_alive(proc):
+            _reap(pid)
+            time.sleep(0.05)
+        if process_alive(proc):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap(pid)
+
+    def _try_start(self, spec: DeploySpec, port: int) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+        proc, info = self._launch(spec, port)
+        health = self._wait_ready(proc, info, float(spec.options.get("ready_timeout", 60)))
+        if all(h["passed"] for h in health):
+            health += self._checks(spec, info)
+        for h in health:
+            if h.get("check") != "smoke":
+                h.pop("response", None)
+        ok = all(h["passed"] for h in health)
+        if not ok:
+            self._stop_process(info)
+        return info, health, ok
+
+    def deploy(self, spec: DeploySpec, current: Deployment | None) -> Deployment:
+        port = int(spec.options.get("port", 0))
+        running = current if current and current.status == "healthy" and process_alive(current.process) else None
+        fixed_port_clash = running is not None and port != 0 and running.process.get("port") == port
+        if fixed_port_clash:
+            self._stop_process(running.process)
+        info, health, ok = self._try_start(spec, port)
+        record = Deployment(target=self.name, model=spec.version.name, version=spec.version.version,
+                            digest=spec.version.digest, endpoint=f"http://{info['host']}:{info.get('port', port)}",
+                            status="healthy" if ok else "failed", health=health, process=info, created=utcnow(),
+                            previous=_summary(current))
+        if not ok:
+            reason = next(h for h in health if not h["passed"])
+            message = f"deploy of {spec.version.name} v{spec.version.version} failed at {reason['check']}: {reason.get('detail')}"
+            if fixed_port_clash and running is not None:
+                message += "; the previous version was restarted" if self._restart(running) else "; the previous version could NOT be restarted"
+            elif running is not None:
+                message += f"; v{running.version} keeps serving at {running.endpoint}"
+            raise DeployFailed(message, record)
+        if running is not None and not fixed_port_clash:
+            self._stop_process(running.process)
+        return record
+
+    def _restart(self, old: Deployment) -> bool:
+        cmd = old.process.get("command")
+        if not cmd:
+            return False
+        port_file = Path(old.process["port_file"])
+        port_file.unlink(missing_ok=True)
+        with open(old.process["log"], "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        old.process.update(pid=proc.pid, start_ticks=_start_ticks(proc.pid))
+        return all(h["passed"] for h in self._wait_ready(proc, old.process, 60))
+
+    def status(self, deployment: Deployment) -> Deployment:
+        if deployment.status == "stopped":
+            return deployment
+        if not process_alive(deployment.process):
+            deployment.status = "down"
+            deployment.health = [{"check": "process", "passed": False, "detail": f"process {deployment.process.get('pid')} is not running"}]
+            return deployment
+        base = deployment.endpoint
+        deployment.health = [v2client.check("live", "GET", f"{base}/v2/health/live"),
+                             v2client.check("ready", "GET", f"{base}/v2/models/{deployment.model}/ready")]
+        for h in deployment.health:
+            h.pop("response", None)
+        deployment.status = "healthy" if all(h["passed"] for h in deployment.health) else "unhealthy"
+        return deployment
+
+    def stop(self, deployment: Deployment) -> Deployment:
+        self._stop_process(deployment.process)
+        deployment.status = "stopped"
+        return deployment
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child if it has exited, so it does not linger as a zombie that looks alive."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _summary(d: Deployment | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"version": d.version, "digest": d.digest, "endpoint": d.endpoint, "status": d.status, "created": d.created}
+

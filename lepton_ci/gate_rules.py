@@ -1,0 +1,82 @@
+"""Gate rule semantics, exactly as DESIGN.md states them.
+
+- `min` / `max`: value bounds on the candidate.
+- `direction`: `higher` (default) or `lower` is better.
+- `max_drop` (absolute) and `max_drop_pct` (relative: (candidate − baseline) / |baseline| × 100) bound
+  the change against the baseline in the worse direction. Baseline 0 with a relative rule: "undefined",
+  fails unless `zero_baseline: pass`.
+- No baseline: change rules report "no baseline" and pass (unless `first_run: fail`); value rules apply.
+- A metric named in a rule but missing from the candidate fails, naming the metric and the file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VALUE_RULES = ("min", "max")
+CHANGE_RULES = ("max_drop", "max_drop_pct")
+
+
+def _result(metric: str, rule: str, threshold: Any, observed: Any, baseline: Any, delta: Any, passed: bool,
+            reason: str, direction: str) -> dict[str, Any]:
+    return {"metric": metric, "rule": rule, "threshold": threshold, "direction": direction, "observed": observed,
+            "baseline": baseline, "delta": delta, "passed": passed, "reason": reason}
+
+
+def evaluate_rule(rule: dict[str, Any], candidate: dict[str, Any], baseline: dict[str, Any] | None,
+                  candidate_source: str, first_run: str = "pass") -> list[dict[str, Any]]:
+    """One result per constraint in the rule (a rule with min and max_drop yields two)."""
+    metric = rule["metric"]
+    direction = rule.get("direction", "higher")
+    kinds = [k for k in VALUE_RULES + CHANGE_RULES if k in rule]
+    observed = candidate.get(metric)
+    base = None if baseline is None else baseline.get(metric)
+    if observed is None:
+        return [_result(metric, k, rule[k], None, base, None, False,
+                        f"metric {metric!r} is missing from the candidate ({candidate_source})", direction) for k in kinds]
+    results = []
+    delta = None if base is None else observed - base
+    for kind in kinds:
+        t = rule[kind]
+        if kind == "min":
+            ok = observed >= t
+            results.append(_result(metric, kind, t, observed, base, delta, ok,
+                                   f"{observed:g} {'>=' if ok else '<'} min {t:g}", direction))
+        elif kind == "max":
+            ok = observed <= t
+            results.append(_result(metric, kind, t, observed, base, delta, ok,
+                                   f"{observed:g} {'<=' if ok else '>'} max {t:g}", direction))
+        elif baseline is None:
+            ok = first_run == "pass"
+            results.append(_result(metric, kind, t, observed, None, None, ok,
+                                   "no baseline (first run)" + ("" if ok else "; gate.first_run is fail"), direction))
+        elif base is None:
+            results.append(_result(metric, kind, t, observed, None, None, True,
+                                   f"no baseline value for {metric!r}", direction))
+        else:
+            worse = -delta if direction == "higher" else delta  # > 0 means the candidate got worse
+            if kind == "max_drop":
+                ok = worse <= t
+                what = f"drop {worse:g}" if worse > 0 else f"gain {-worse:g}" if worse < 0 else "no change"
+                results.append(_result(metric, kind, t, observed, base, delta, ok,
+                                       f"{what} {'<=' if ok else '>'} max_drop {t:g}" if worse > 0 else f"{what}", direction))
+            elif base == 0:
+                ok = rule.get("zero_baseline", "fail") == "pass"
+                results.append(_result(metric, kind, t, observed, base, delta, ok,
+                                       "relative change undefined (baseline is 0)", direction))
+            else:
+                pct = delta / abs(base) * 100.0
+                worse_pct = -pct if direction == "higher" else pct
+                ok = worse_pct <= t
+                what = f"drop {worse_pct:.3g}%" if worse_pct > 0 else f"gain {-worse_pct:.3g}%" if worse_pct < 0 else "no change"
+                results.append(_result(metric, kind, t, observed, base, delta, ok,
+                                       f"{what} {'<=' if ok else '>'} max_drop_pct {t:g}%" if worse_pct > 0 else what, direction))
+    return results
+
+
+def evaluate(rules: list[dict[str, Any]], candidate: dict[str, Any], baseline: dict[str, Any] | None,
+             candidate_source: str, first_run: str = "pass") -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for rule in rules:
+        results.extend(evaluate_rule(rule, candidate, baseline, candidate_source, first_run))
+    return results

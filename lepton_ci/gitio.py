@@ -1,0 +1,90 @@
+"""Git access through the git binary: revision info and reading files at a revision.
+
+Files at a revision are read through one `git cat-file --batch` process for all paths, which is what
+keeps `metrics diff` fast on repositories with many metrics files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from lepton_ci.errors import UserError
+
+WORKSPACE = "workspace"
+
+
+def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("git is not installed (needed to read revisions)") from None
+    if check and proc.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    return proc
+
+
+def repo_root(cwd: Path) -> Path | None:
+    proc = _git(["rev-parse", "--show-toplevel"], cwd, check=False)
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def _strip_credentials(url: str) -> str:
+    return re.sub(r"^(\w+://)[^@/]+@", r"\1", url)
+
+
+def git_info(cwd: Path) -> dict[str, object]:
+    """sha, ref, repo and dirty flag of the checkout at `cwd`; empty values outside a repo."""
+    if repo_root(cwd) is None:
+        return {"sha": None, "ref": None, "repo": None, "dirty": None}
+    head = _git(["rev-parse", "--verify", "--quiet", "HEAD"], cwd, check=False)
+    sha = head.stdout.strip() if head.returncode == 0 else None
+    ref = os.environ.get("GITHUB_HEAD_REF") or os.environ.get("CI_COMMIT_REF_NAME")
+    if not ref:
+        ref = _git(["symbolic-ref", "--short", "-q", "HEAD"], cwd, check=False).stdout.strip() or None
+    remote = _git(["config", "--get", "remote.origin.url"], cwd, check=False).stdout.strip()
+    dirty = bool(_git(["status", "--porcelain", "--untracked-files=no"], cwd, check=False).stdout.strip())
+    return {"sha": sha, "ref": ref, "repo": _strip_credentials(remote) if remote else None, "dirty": dirty}
+
+
+def resolve_rev(rev: str, cwd: Path) -> str:
+    proc = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd, check=False)
+    if proc.returncode != 0:
+        raise UserError(f"unknown git revision {rev!r} (expected a branch, tag, commit or 'workspace')")
+    return proc.stdout.strip()
+
+
+def read_files_at(rev: str, paths: list[Path], cwd: Path) -> dict[Path, bytes | None]:
+    """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one."""
+    root = repo_root(cwd)
+    if root is None:
+        raise UserError(f"{cwd} is not inside a git repository; cannot read revision {rev!r}")
+    commit = resolve_rev(rev, cwd)
+    rel = []
+    for p in paths:
+        absolute = (cwd / p).resolve() if not p.is_absolute() else p
+        try:
+            rel.append(absolute.relative_to(root.resolve()).as_posix())
+        except ValueError:
+            raise UserError(f"{p} is outside the git repository {root}") from None
+    request = "".join(f"{commit}:{r}\n" for r in rel).encode()
+    proc = subprocess.run(["git", "cat-file", "--batch"], cwd=root, input=request, capture_output=True)
+    if proc.returncode != 0:
+        raise UserError(f"git cat-file failed: {proc.stderr.decode(errors='replace').strip()}")
+    out: dict[Path, bytes | None] = {}
+    buf, pos = proc.stdout, 0
+    for p in paths:
+        end = buf.index(b"\n", pos)
+        header = buf[pos:end].split()
+        pos = end + 1
+        if len(header) == 3 and header[1] == b"blob":
+            size = int(header[2])
+            out[p] = buf[pos:pos + size]
+            pos += size + 1
+        else:  # "<obj> missing", or a tree/submodule where a file was expected
+            if len(header) == 3:
+                pos += int(header[2]) + 1
+            out[p] = None
+    return out

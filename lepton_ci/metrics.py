@@ -1,0 +1,211 @@
+"""Metrics files: load (JSON, YAML, TOML), flatten nested keys with dots, diff, format.
+
+Flat `{"eval.accuracy": 0.93}` is the one shape every record and rule uses. Only numbers are
+metrics; strings and booleans in a metrics file are ignored rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from lepton_ci.errors import UserError
+
+Number = int | float
+FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
+
+
+def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None) -> dict[str, Number]:
+    out = {} if out is None else out
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            flatten(value, f"{prefix}.{i}" if prefix else str(i), out)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix] = obj
+    return out
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def parse_metrics(text: str | bytes, source: str, filename: str | None = None) -> dict[str, Number]:
+    """Parse and flatten one metrics file's content; the format comes from the file extension."""
+    fmt = FORMATS.get(Path(filename or source).suffix.lower())
+    if fmt is None:
+        raise UserError(f"unsupported metrics file type (expected one of: {', '.join(FORMATS)})", where=source)
+    try:
+        if fmt == "json":
+            data = json.loads(text, parse_constant=_reject_constant)
+        elif fmt == "yaml":
+            import yaml
+
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        else:
+            import tomllib
+
+            data = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+    except UnicodeDecodeError:
+        raise UserError("metrics file is not UTF-8 text", where=source) from None
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise UserError(f"malformed {fmt.upper()} metrics: {str(exc).splitlines()[0]}", where=source) from None
+    except Exception as exc:  # yaml.YAMLError, without importing yaml up front
+        raise UserError(f"malformed {fmt.upper()} metrics: {str(exc).splitlines()[0]}", where=source) from None
+    if not isinstance(data, dict):
+        raise UserError("a metrics file must hold a mapping of names to numbers", where=source)
+    flat = flatten(data)
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"metric {key!r} is {value}; metrics must be finite numbers", where=source)
+    return flat
+
+
+def load_metrics_file(path: str | Path, display: str | None = None) -> dict[str, Number]:
+    p = Path(path)
+    name = display or str(p)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UserError("metrics file not found", where=name) from None
+    except IsADirectoryError:
+        raise UserError("metrics path is a directory, expected a file", where=name) from None
+    return parse_metrics(data, name, p.name)
+
+
+# --- diff -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricChange:
+    path: str
+    metric: str
+    old: Number | None
+    new: Number | None
+
+    @property
+    def diff(self) -> Number | None:
+        if self.old is None or self.new is None:
+            return None
+        return self.new - self.old
+
+    @property
+    def pct(self) -> float | None:
+        d = self.diff
+        if d is None or self.old == 0:
+            return None
+        return d / abs(self.old) * 100.0
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+@dataclass
+class MetricsDiff:
+    a: str
+    b: str
+    changes: list[MetricChange] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def visible(self, show_all: bool) -> list[MetricChange]:
+        return [c for c in self.changes if show_all or c.changed]
+
+    def to_json(self, show_all: bool = False, precision: int | None = None) -> dict[str, Any]:
+        def r(x: Number | None) -> Number | None:
+            return x if x is None or precision is None else round(x, precision)
+
+        files: dict[str, dict[str, Any]] = {}
+        for c in self.visible(show_all):
+            files.setdefault(c.path, {})[c.metric] = {
+                "old": c.old, "new": c.new, "diff": r(c.diff), "pct": r(c.pct),
+            }
+        return {"a": self.a, "b": self.b, "files": files, "notes": list(self.notes)}
+
+
+def diff_metrics(
+    a_label: str, a: dict[str, dict[str, Number] | None], b_label: str, b: dict[str, dict[str, Number] | None],
+    notes: Iterable[str] = (),
+) -> MetricsDiff:
+    """Compare per-file flat metrics. A value of None for a file means the side lacks the file."""
+    result = MetricsDiff(a_label, b_label, notes=list(notes))
+    for path in sorted(set(a) | set(b)):
+        old, new = a.get(path), b.get(path)
+        if old is None and new is None:
+            continue
+        if old is None:
+            result.notes.append(f"{path}: missing at {a_label}")
+        if new is None:
+            result.notes.append(f"{path}: missing at {b_label}")
+        old, new = old or {}, new or {}
+        for metric in sorted(set(old) | set(new)):
+            result.changes.append(MetricChange(path, metric, old.get(metric), new.get(metric)))
+    return result
+
+
+# --- formatting ---------------------------------------------------------------------------------------
+
+
+def fmt_number(x: Number | None, precision: int) -> str:
+    """Fixed-point with trailing zeros dropped; scientific only for very large or tiny values."""
+    if x is None:
+        return "—"
+    if isinstance(x, int):
+        return str(x)
+    if x != 0 and not (10 ** -precision <= abs(x) < 10 ** precision):
+        return f"{x:.{precision}g}"
+    text = f"{x:.{precision}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def fmt_change(c: MetricChange, precision: int) -> tuple[str, str]:
+    d = c.diff
+    if d is None:
+        return ("—", "—")
+    sign = "+" if d > 0 else ""
+    pct = c.pct
+    pct_s = "—" if pct is None else f"{'+' if pct > 0 else ''}{pct:.2f}%"
+    return (f"{sign}{fmt_number(d, precision)}", pct_s)
+
+
+def _rows(d: MetricsDiff, show_all: bool, precision: int) -> list[list[str]]:
+    rows = []
+    for c in d.visible(show_all):
+        change, pct = fmt_change(c, precision)
+        rows.append([c.path, c.metric, fmt_number(c.old, precision), fmt_number(c.new, precision), change, pct])
+    return rows
+
+
+def format_table(d: MetricsDiff, show_all: bool = False, precision: int = 5) -> str:
+    header = ["Path", "Metric", d.a, d.b, "Change", "Change %"]
+    rows = _rows(d, show_all, precision)
+    lines = []
+    if rows:
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        for r in [header] + rows:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    else:
+        lines.append("No metric changed." if not show_all else "No metrics found.")
+    lines += [f"note: {n}" for n in d.notes]
+    return "\n".join(lines)
+
+
+def format_markdown(d: MetricsDiff, show_all: bool = False, precision: int = 5) -> str:
+    header = ["Path", "Metric", f"`{d.a}`", f"`{d.b}`", "Change", "Change %"]
+    rows = _rows(d, show_all, precision)
+    lines = []
+    if rows:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---", "---", "---:", "---:", "---:", "---:"]) + "|")
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
+    else:
+        lines.append("_No metric changed._" if not show_all else "_No metrics found._")
+    if d.notes:
+        lines.append("")
+        lines += [f"> {n}" for n in d.notes]
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""`lepton-ci run`: the configured steps in order, with the report written even when a step fails.
+
+A failed gate stops tag and deploy (nothing unblessed moves forward) but the report still renders,
+because a failing pull request is exactly when the metric diff matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lepton_ci.config import Config
+from lepton_ci.errors import StepFailed, UserError
+
+ORDER = ["train", "gate", "tag", "deploy", "report"]
+
+
+@dataclass
+class PipelineResult:
+    steps: dict[str, str] = field(default_factory=dict)  # step -> ok | failed | skipped
+    report: str | None = None
+    failure: str | None = None
+
+
+def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overrides: dict[str, Any] | None = None,
+                 allow_unblessed: bool = False, log: Callable[[str], None] = lambda s: None) -> PipelineResult:
+    from lepton_ci.steps import deploy as deploy_step
+    from lepton_ci.steps.gate import gate
+    from lepton_ci.steps.report import report
+    from lepton_ci.steps.tag import tag
+    from lepton_ci.steps.train import train
+
+    wanted = steps or config.steps
+    unknown = [s for s in wanted if s not in ORDER]
+    if unknown:
+        raise UserError(f"unknown step(s) {', '.join(unknown)} (expected: {', '.join(ORDER)})")
+    result = PipelineResult()
+    blocked = False
+    for step in [s for s in ORDER if s in wanted]:
+        if blocked and step in ("tag", "deploy"):
+            result.steps[step] = "skipped"
+            log(f"- {step}: skipped (gate failed)")
+            continue
+        log(f"▶ {step}")
+        try:
+            if step == "train":
+                run = train(config, param_overrides=param_overrides)
+                log(f"  run {run.run_id}: {len(run.metrics)} metric(s), {len(run.artifacts)} artifact(s)")
+            elif step == "gate":
+                g = gate(config)
+                for r in g.results:
+                    log(f"  {'✔' if r['passed'] else '✘'} {r['metric']} {r['rule']}: {r['reason']}")
+                if not g.passed:
+                    blocked = True
+                    result.failure = "gate failed: " + ", ".join(f"{r['metric']} {r['rule']}" for r in g.results if not r["passed"])
+                    result.steps[step] = "failed"
+                    continue
+            elif step == "tag":
+                pushed = tag(config)
+                log(f"  {pushed.version.name} v{pushed.version.version} ({pushed.version.digest[:19]})")
+            elif step == "deploy":
+                d = deploy_step.deploy(config, allow_unblessed=allow_unblessed)
+                log(f"  v{d.version} {d.status} at {d.endpoint}")
+            elif step == "report":
+                result.report = report(config)
+                config.report_path.parent.mkdir(parents=True, exist_ok=True)
+                config.report_path.write_text(result.report)
+                log(f"  written to {config.report_path}")
+        except StepFailed as exc:
+            result.steps[step] = "failed"
+            result.failure = result.failure or f"{step}: {exc}"
+            log(f"  ✘ {exc}")
+            if step == "train":
+                break
+            blocked = True
+            continue
+        result.steps[step] = "ok"
+    return result

@@ -1,0 +1,85 @@
+"""The gate step: compare a candidate run with a baseline under the configured rules, sign the verdict.
+
+Baselines: a registry alias (default `production`), `git:REF` (the metrics files at that revision),
+a path to a run.json, or `none`. A missing default alias is a first run, not an error; an alias the
+user named explicitly must exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lepton_ci import signing
+from lepton_ci.config import Config
+from lepton_ci.errors import RegistryError, UserError
+from lepton_ci.gate_rules import evaluate
+from lepton_ci.gitio import read_files_at
+from lepton_ci.metrics import parse_metrics
+from lepton_ci.records import GateRecord, RunRecord
+from lepton_ci.registry import open_registry
+from lepton_ci.timeutil import utcnow
+
+DEFAULT_BASELINE = "production"
+
+
+def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, Any]:
+    """Return {source, ref, version?, digest?, metrics (or None when there is no baseline), note?}."""
+    if spec == "none":
+        return {"source": "none", "ref": None, "metrics": None, "note": "baseline disabled"}
+    if spec.startswith("git:"):
+        ref = spec[4:]
+        files = config.section("train").get("metrics") or []
+        if not files:
+            raise UserError("baseline git:REF needs train.metrics files in lepton.yml", where=config.where("train"))
+        contents = read_files_at(ref, [config.resolve(f) for f in files], config.root)
+        metrics: dict[str, Any] = {}
+        missing = []
+        for rel, (path, blob) in zip(files, contents.items()):
+            if blob is None:
+                missing.append(rel)
+            else:
+                metrics.update(parse_metrics(blob, f"{ref}:{rel}"))
+        note = f"missing at {ref}: {', '.join(missing)}" if missing else None
+        return {"source": "git", "ref": ref, "metrics": metrics if len(missing) < len(files) else None, "note": note}
+    as_path = config.resolve(spec)
+    if spec.endswith(".json") or as_path.is_file():
+        run = RunRecord.read(as_path)
+        return {"source": "run", "ref": str(spec), "run_id": run.run_id, "metrics": run.metrics}
+    try:
+        registry = open_registry(config.registry_url, config.root)
+        mv = registry.get(config.model_name, spec)
+    except RegistryError as exc:
+        if explicit:
+            raise
+        why = exc.message.split(" (")[0]
+        return {"source": "registry", "ref": spec, "metrics": None, "note": f"no baseline for {spec!r} yet: {why}"}
+    return {"source": "registry", "ref": spec, "version": mv.version, "digest": mv.digest, "metrics": mv.metrics}
+
+
+def gate(config: Config, *, run_path: Path | None = None, baseline: str | None = None,
+         output: Path | None = None) -> GateRecord:
+    section = config.section("gate")
+    run_path = run_path or config.run_path
+    run = RunRecord.read(run_path)
+    if not run.succeeded:
+        raise UserError(f"the run in {run_path} did not succeed ({run.exit.get('status')}); nothing to gate")
+    if run.model and run.model != config.model_name:
+        raise UserError(f"{run_path} is a run of model {run.model!r}, but lepton.yml names {config.model_name!r}")
+    spec = baseline or section.get("baseline") or DEFAULT_BASELINE
+    base = resolve_baseline(config, spec, explicit=baseline is not None)
+    rules = section.get("rules") or []
+    metric_files = ", ".join(config.section("train").get("metrics") or []) or "no metrics files configured"
+    results = evaluate(rules, run.metrics, base["metrics"], f"{run_path.name}; metrics files: {metric_files}",
+                       section.get("first_run", "pass"))
+    record = GateRecord(
+        model=config.model_name,
+        candidate={"run_id": run.run_id, "digest": run.artifacts_digest, "git": run.git, "metrics": run.metrics},
+        baseline=base,
+        results=results,
+        verdict="pass" if all(r["passed"] for r in results) else "fail",
+        created=utcnow(),
+    )
+    signing.sign(record, signing.signing_key())
+    record.write(output or config.gate_path)
+    return record

@@ -1,0 +1,119 @@
+"""The report step: one markdown document for the PR with metric diff, gate verdict, version, deployment.
+
+Everything is read from the records the other steps wrote; any of them may be absent (a team that uses
+only `gate` + `report` gets a report of just that). The view model is built here so the jinja2 template
+only lays it out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lepton_ci.config import Config
+from lepton_ci.errors import UserError
+from lepton_ci.metrics import fmt_number
+from lepton_ci.records import Deployment, GateRecord, ModelVersion, RunRecord
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _read_optional(cls: type, path: Path | None) -> Any:
+    return cls.read(path) if path is not None and path.is_file() else None
+
+
+def _change(candidate: float | None, baseline: float | None, direction: str, precision: int) -> tuple[str, str]:
+    if candidate is None or baseline is None:
+        return "—", "🆕" if baseline is None and candidate is not None else "—"
+    delta = candidate - baseline
+    if delta == 0:
+        return "0", "="
+    pct = f" ({delta / abs(baseline) * 100:+.2f}%)" if baseline else ""
+    better = (delta > 0) == (direction == "higher")
+    arrow = ("▲" if delta > 0 else "▼") + (" 🟢" if better else " 🔴")
+    return f"{'+' if delta > 0 else ''}{fmt_number(delta, precision)}{pct}", arrow
+
+
+def build_context(run: RunRecord | None, gate: GateRecord | None, version: ModelVersion | None,
+                  deployment: Deployment | None, model: str, precision: int, aliases: list[str]) -> dict[str, Any]:
+    if run is None and gate is None:
+        raise UserError("nothing to report: no run.json and no gate.json (run `lepton-ci train` and `lepton-ci gate` first)")
+    candidate_metrics = (gate.candidate.get("metrics") if gate else None) or (run.metrics if run else {})
+    baseline_metrics = (gate.baseline.get("metrics") if gate else None) or {}
+    directions = {r["metric"]: r.get("direction", "higher") for r in (gate.results if gate else [])}
+    num = lambda x: "—" if x is None else fmt_number(x, precision)  # noqa: E731
+    rows = []
+    for metric in sorted(set(candidate_metrics) | set(baseline_metrics)):
+        c, b = candidate_metrics.get(metric), baseline_metrics.get(metric)
+        change, arrow = _change(c, b, directions.get(metric, "higher"), precision)
+        rows.append({"metric": metric, "candidate": num(c), "baseline": num(b), "change": change, "arrow": arrow})
+    results = [{**r, "threshold": num(r["threshold"]), "observed": num(r["observed"]), "baseline": num(r["baseline"]),
+                "reason": str(r["reason"]).replace("|", "\\|")} for r in (gate.results if gate else [])]
+    notes: list[str] = []
+    baseline_text = None
+    if gate:
+        base = gate.baseline
+        if base.get("metrics") is None:
+            baseline_text = "none (first run)"
+        elif base.get("source") == "registry":
+            baseline_text = f"`{base.get('ref')}` = v{base.get('version')} (`{str(base.get('digest', ''))[:19]}`)"
+        else:
+            baseline_text = f"{base.get('source')} `{base.get('ref')}`"
+        if base.get("note"):
+            notes.append(str(base["note"]))
+    src = run or None
+    git = (src.git if src else gate.candidate.get("git")) or {}
+    candidate = {"run_id": src.run_id if src else gate.candidate.get("run_id"), "git_sha": (git.get("sha") or "")[:10],
+                 "git_ref": git.get("ref"), "dirty": git.get("dirty")}
+    signature = None
+    if gate:
+        sig = gate.signature or {}
+        signature = (f"Gate record signed (HMAC-SHA256, key {sig.get('key_id')})" if sig.get("alg") == "hmac-sha256"
+                     else f"Gate record unsigned: {sig.get('reason', 'no signing key')}")
+    verdict = gate.verdict if gate else None
+    dep = None
+    if deployment is not None:
+        dep = {"status": deployment.status, "target": deployment.target, "version": deployment.version,
+               "endpoint": deployment.endpoint, "previous": (deployment.previous or {}).get("version"),
+               "checks": [{"check": h.get("check"), "passed": h.get("passed"), "ms": h.get("ms")} for h in deployment.health]}
+    return {
+        "model": model, "candidate": candidate, "baseline": baseline_text, "metric_rows": rows, "results": results,
+        "passed_count": sum(1 for r in results if r["passed"]), "signature": signature,
+        "verdict_icon": {"pass": "✅", "fail": "❌"}.get(verdict or "", "📊"),
+        "verdict_text": {"pass": "passed", "fail": "failed"}.get(verdict or "", "not run"),
+        "version": None if version is None else {"version": version.version, "digest": version.digest, "aliases": aliases},
+        "deployment": dep, "notes": notes,
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, autoescape=False, undefined=jinja2.StrictUndefined)
+    text = env.get_template("report.md.j2").render(**context)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip() + "\n"
+
+
+def report(config: Config, *, run_path: Path | None = None, gate_path: Path | None = None,
+           deployment_path: Path | None = None, include_version: bool = True) -> str:
+    from lepton_ci.registry import open_registry
+    from lepton_ci.steps.tag import read_tagged_version
+
+    run = _read_optional(RunRecord, run_path or config.run_path)
+    gate = _read_optional(GateRecord, gate_path or config.gate_path)
+    deployment = _read_optional(Deployment, deployment_path or config.deployment_path)
+    version = read_tagged_version(config) if include_version else None
+    if version is not None and run is not None and version.run and version.run.get("run_id") != run.run_id:
+        version = None  # the last tag was of another run; do not present it as this one's
+    aliases: list[str] = []
+    if version is not None:
+        try:
+            registry = open_registry(config.registry_url, config.root)
+            aliases = sorted(a for a, v in registry.aliases(version.name).items() if v == version.version)
+        except UserError:
+            aliases = []
+    precision = int(config.section("report").get("precision", 4))
+    return render(build_context(run, gate, version, deployment, config.model_name, precision, aliases))

@@ -1,0 +1,63 @@
+"""The tag step: register a gated run's artifacts as a new immutable version and move aliases.
+
+The gate record must belong to this run (same artifacts digest) and pass, unless `tag.require_gate`
+is false; a tag is never created for a model the gate did not see.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lepton_ci.config import Config
+from lepton_ci.errors import StepFailed, UserError
+from lepton_ci.fsutil import atomic_write_json, sha256_file
+from lepton_ci.records import GateRecord, ModelVersion, RunRecord
+from lepton_ci.registry import PushResult, open_registry
+
+
+def version_path(config: Config) -> Path:
+    return config.root / ".lepton" / "version.json"
+
+
+def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None = None,
+        aliases: list[str] | None = None, reason: str = "") -> PushResult:
+    section = config.section("tag")
+    run_path = run_path or config.run_path
+    run = RunRecord.read(run_path)
+    if not run.succeeded:
+        raise UserError(f"the run in {run_path} did not succeed; nothing to tag")
+    if not run.artifacts:
+        raise UserError("the run recorded no artifacts; set train.artifacts in lepton.yml", where=config.where("train"))
+    metadata: dict = {"run": run.to_dict()}
+    gate_path = gate_path or config.gate_path
+    require_gate = section.get("require_gate", True)
+    if gate_path.is_file():
+        gate = GateRecord.read(gate_path)
+        if gate.candidate.get("digest") != run.artifacts_digest:
+            raise UserError(f"{gate_path} was written for another run (artifacts digest differs); run `lepton-ci gate` again")
+        if require_gate and not gate.passed:
+            raise StepFailed("the gate verdict is fail: not tagging (set tag.require_gate: false to register anyway)")
+        metadata["gate"] = gate.to_dict()
+    elif require_gate:
+        raise UserError(f"no gate record at {gate_path}: run `lepton-ci gate` first (or set tag.require_gate: false)")
+    files = [(a["path"], config.resolve(a["path"])) for a in run.artifacts]
+    for rel, path in files:
+        if not path.is_file():
+            raise UserError(f"artifact {rel} recorded in {run_path} no longer exists")
+    for art, (rel, path) in zip(run.artifacts, files):
+        if sha256_file(path) != art["sha256"]:
+            raise UserError(f"artifact {rel} changed after training (sha256 differs from {run_path})")
+    metadata["framework"] = config.framework
+    if config.model_file:
+        metadata["model_file"] = config.model_file
+    registry = open_registry(config.registry_url, config.root, create=True)
+    wanted = list(aliases) if aliases is not None else list(section.get("aliases", ["candidate"]))
+    result = registry.push(config.model_name, files, metadata, aliases=wanted,
+                           reason=reason or f"tagged from run {run.run_id}")
+    atomic_write_json(version_path(config), result.version.to_dict())
+    return result
+
+
+def read_tagged_version(config: Config) -> ModelVersion | None:
+    path = version_path(config)
+    return ModelVersion.read(path) if path.is_file() else None
