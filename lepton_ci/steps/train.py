@@ -122,8 +122,19 @@ def run_command(command: str, cwd: Path, env: dict[str, str], log_path: Path, ti
     return proc.returncode, timed_out, time.monotonic() - start
 
 
-def collect_metrics(config: Config, run_dir: Path) -> dict[str, Any]:
-    """Metrics logged through the library first, then each metrics file; a key seen twice must agree."""
+STALE_SLACK_NS = 2_000_000_000  # coarse file-system timestamps
+
+
+def written_since(path: Path, start_ns: int) -> bool:
+    return path.stat().st_mtime_ns >= start_ns - STALE_SLACK_NS
+
+
+def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> dict[str, Any]:
+    """Metrics logged through the library first, then each metrics file; a key seen twice must agree.
+
+    A metrics file older than the run is an error: gating on the previous run's numbers is the worst
+    silent failure a gate can have.
+    """
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     sources: list[tuple[str, dict[str, Any]]] = []
@@ -134,6 +145,9 @@ def collect_metrics(config: Config, run_dir: Path) -> dict[str, Any]:
         path = config.resolve(rel)
         if not path.is_file():
             raise UserError(f"metrics file {rel!r} was not written by the training command", where=config.where("train", "metrics", i))
+        if not written_since(path, start_ns):
+            raise UserError(f"metrics file {rel!r} is older than this run: the training command did not rewrite it",
+                            where=config.where("train", "metrics", i))
         sources.append((rel, load_metrics_file(path, rel)))
     for name, values in sources:
         for key, value in values.items():
@@ -167,6 +181,7 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
 
     git = git_info(config.root)
     started = utcnow()
+    start_ns = time.time_ns()
     code, timed_out, seconds = run_command(section["command"], workdir, env, run_dir / "train.log", timeout, quiet)
     record = RunRecord(
         run_id=run_id, model=config.model_name, git=git, command=section["command"], params=params,
@@ -186,8 +201,13 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
     logged_params = run_dir / tracking.PARAMS_FILE
     if logged_params.is_file():
         record.params = {**params, **json.loads(logged_params.read_text())}
-    record.metrics = collect_metrics(config, run_dir)
+    record.metrics = collect_metrics(config, run_dir, start_ns)
     artifacts = _expand(config, "artifacts", section.get("artifacts") or [], "artifact")
+    stale = [rel for rel, path in artifacts if not written_since(path, start_ns)]
+    if stale:
+        record.extra["warnings"] = [f"artifact {rel} was not written by this run" for rel in stale]
+        for warning in record.extra["warnings"]:
+            print(f"lepton-ci: warning: {warning}", file=sys.stderr)
     record.artifacts = _hash_files(artifacts, with_size=True)
     record.artifacts_digest = artifacts_digest(record.artifacts) if record.artifacts else ""
     record.data = _hash_files(_expand(config, "data", section.get("data") or [], "data"), with_size=False)
