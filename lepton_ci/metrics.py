@@ -128,17 +128,10 @@ def diff_metrics(
     a_label: str, a: dict[str, dict[str, Number] | None], b_label: str, b: dict[str, dict[str, Number] | None],
     notes: Iterable[str] = (),
 ) -> MetricsDiff:
-    """Compare per-file flat metrics. A value of None for a file means the side lacks the file."""
+    """Compare per-file flat metrics. None for a file means that side lacks it (the caller notes why)."""
     result = MetricsDiff(a_label, b_label, notes=list(notes))
     for path in sorted(set(a) | set(b)):
-        old, new = a.get(path), b.get(path)
-        if old is None and new is None:
-            continue
-        if old is None:
-            result.notes.append(f"{path}: missing at {a_label}")
-        if new is None:
-            result.notes.append(f"{path}: missing at {b_label}")
-        old, new = old or {}, new or {}
+        old, new = a.get(path) or {}, b.get(path) or {}
         for metric in sorted(set(old) | set(new)):
             result.changes.append(MetricChange(path, metric, old.get(metric), new.get(metric)))
     return result

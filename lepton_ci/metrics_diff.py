@@ -24,6 +24,7 @@ def read_revision(rev: str, files: list[str], base: Path, notes: list[str]) -> d
     for f, p in zip(files, paths):
         blob = contents[p]
         if blob is None:
+            notes.append(f"{f}: missing at {rev}")
             out[f] = None
             continue
         try:
