@@ -44,7 +44,7 @@ def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overri
         log(f"▶ {step}")
         try:
             if step == "train":
-                run = train(config, param_overrides=param_overrides)
+                run = train(config, param_overrides=param_overrides, to_stderr=True)
                 log(f"  run {run.run_id}: {len(run.metrics)} metric(s), {len(run.artifacts)} artifact(s)")
             elif step == "gate":
                 g = gate(config)

@@ -74,8 +74,8 @@ def _hash_files(files: list[tuple[str, Path]], with_size: bool) -> list[dict[str
     return out
 
 
-def _stream(proc: subprocess.Popen[bytes], log_path: Path, quiet: bool) -> None:
-    out = sys.stdout.buffer
+def _stream(proc: subprocess.Popen[bytes], log_path: Path, quiet: bool, to_stderr: bool) -> None:
+    out = sys.stderr.buffer if to_stderr else sys.stdout.buffer
     with open(log_path, "wb") as log:
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, b""):
@@ -99,7 +99,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_command(command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float | None,
-                quiet: bool = False) -> tuple[int, bool, float]:
+                quiet: bool = False, to_stderr: bool = False) -> tuple[int, bool, float]:
     """Run a shell command in its own process group; returns (exit code, timed out, seconds)."""
     start = time.monotonic()
     try:
@@ -107,7 +107,7 @@ def run_command(command: str, cwd: Path, env: dict[str, str], log_path: Path, ti
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError as exc:
         raise UserError(f"cannot run the training command in {cwd}: {exc.strerror}") from None
-    reader = threading.Thread(target=_stream, args=(proc, log_path, quiet), daemon=True)
+    reader = threading.Thread(target=_stream, args=(proc, log_path, quiet, to_stderr), daemon=True)
     reader.start()
     timed_out = False
     try:
@@ -158,7 +158,8 @@ def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> dict[str, A
 
 
 def train(config: Config, *, param_overrides: dict[str, Any] | None = None, timeout: float | None = None,
-          output: Path | None = None, quiet: bool = False) -> RunRecord:
+          output: Path | None = None, quiet: bool = False, to_stderr: bool = False) -> RunRecord:
+    """Run the training command. `to_stderr` keeps stdout clean for callers that print a report there."""
     section = config.section("train")
     if "command" not in section:
         raise UserError("no training command configured", where=config.where("train"))
@@ -182,7 +183,7 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
     git = git_info(config.root)
     started = utcnow()
     start_ns = time.time_ns()
-    code, timed_out, seconds = run_command(section["command"], workdir, env, run_dir / "train.log", timeout, quiet)
+    code, timed_out, seconds = run_command(section["command"], workdir, env, run_dir / "train.log", timeout, quiet, to_stderr)
     record = RunRecord(
         run_id=run_id, model=config.model_name, git=git, command=section["command"], params=params,
         environment=capture_environment(),
