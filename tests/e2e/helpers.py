@@ -80,3 +80,17 @@ def assert_one_line_error(r: Result, code: int, *needles: str) -> None:
     assert len(lines) >= 1 and "error" in lines[-1], r
     for needle in needles:
         assert needle in lines[-1], (needle, r)
+
+
+def require(module: str):
+    """Import a required component: skip off CI, but fail under CI=true (a missing component is a defect)."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"{module} is not installed")
