@@ -14,15 +14,57 @@ from lepton_ci.commands._common import config_from, path_option
 @path_option("--gate", "gate_path", help="gate.json (default: gate.output).")
 @path_option("--deployment", "deployment_path", help="deployment.json (default: deploy.output).")
 @click.option("-o", "--output", metavar="FILE", default="-", show_default=True, help="Write the markdown here ('-' is stdout).")
+@click.option("--post", is_flag=True, help="Post or update the sticky PR/MR comment on the detected forge.")
+@click.option("--summary/--no-summary", default=True, show_default=True, help="Append to the GitHub job summary when there is one.")
+@click.option("--status/--no-status", "commit_status", default=True, show_default=True,
+              help="With --post, set a commit status with the gate verdict.")
+@click.option("--workflow", metavar="NAME", help="Sticky comment key with the model (default: the CI workflow or job name).")
 @click.pass_context
-def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output: str) -> None:
-    """Render the pull-request report: metric diff, gate verdict, version, deployment."""
+def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output: str, post: bool, summary: bool,
+               commit_status: bool, workflow: str | None) -> None:
+    """Render the pull-request report: metric diff, gate verdict, version, deployment.
+
+    With --post, the report becomes one sticky comment per (model, workflow), found on every page of
+    comments and updated in place on reruns.
+    """
     from lepton_ci.fsutil import atomic_write_bytes
     from lepton_ci.steps.report import report
 
-    text = report(config_from(ctx), run_path=run_path, gate_path=gate_path, deployment_path=deployment_path)
+    config = config_from(ctx)
+    text = report(config, run_path=run_path, gate_path=gate_path, deployment_path=deployment_path)
     if output == "-":
         click.echo(text, nl=False)
     else:
         atomic_write_bytes(Path(output), text.encode())
         click.echo(f"report written to {output}", err=True)
+    from lepton_ci.forge.detect import detect
+
+    forge = detect()
+    if not post and (not summary or forge.summary_path is None):
+        return
+    from lepton_ci.forge.publish import annotations, publish
+    from lepton_ci.records import GateRecord
+
+    gate_file = gate_path or config.gate_path
+    gate = GateRecord.read(gate_file) if gate_file.is_file() else None
+    if workflow:
+        forge.workflow = workflow
+    rule_lines = {r["metric"]: int(config.where("gate", "rules", i).rsplit(":", 1)[1])
+                  for i, r in enumerate(config.section("gate").get("rules") or [])}
+    config_rel = _relative_to_workspace(config.path)
+    result = publish(text, forge, model=config.model_name, gate=gate, post=post, summary=summary, status=post and commit_status,
+                     emit=click.echo, annotation_lines=annotations(gate, config_rel, rule_lines))
+    for notice in result.notices:
+        click.echo(f"lepton-ci: notice: {notice}", err=True)
+    if result.comment:
+        click.echo(f"lepton-ci: comment {result.comment['action']}: {result.comment.get('url') or result.comment['id']}", err=True)
+
+
+def _relative_to_workspace(path: Path) -> str:
+    import os
+
+    base = Path(os.environ.get("GITHUB_WORKSPACE") or os.environ.get("CI_PROJECT_DIR") or Path.cwd())
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.name

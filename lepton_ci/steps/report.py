@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_ci.config import Config
+from lepton_ci.charts import history_charts
 from lepton_ci.errors import UserError
 from lepton_ci.metrics import fmt_number
 from lepton_ci.records import Deployment, GateRecord, ModelVersion, RunRecord
@@ -109,11 +110,20 @@ def report(config: Config, *, run_path: Path | None = None, gate_path: Path | No
     if version is not None and run is not None and version.run and version.run.get("run_id") != run.run_id:
         version = None  # the last tag was of another run; do not present it as this one's
     aliases: list[str] = []
-    if version is not None:
-        try:
-            registry = open_registry(config.registry_url, config.root)
-            aliases = sorted(a for a, v in registry.aliases(version.name).items() if v == version.version)
-        except UserError:
-            aliases = []
+    charts: list[str] = []
+    try:
+        registry = open_registry(config.registry_url, config.root)
+    except UserError:
+        registry = None  # no registry yet: a first run, or gate + report only
+    if registry is not None:
+        all_aliases = registry.aliases(config.model_name)
+        if version is not None:
+            aliases = sorted(a for a, v in all_aliases.items() if v == version.version)
+        candidate = dict(run.metrics if run else (gate.candidate.get("metrics") if gate else {}) or {})
+        versions = [v for v in registry.versions(config.model_name) if version is None or v.version != version.version]
+        charted = list(dict.fromkeys(r["metric"] for r in (config.section("gate").get("rules") or [])))
+        charts = history_charts(charted or sorted(candidate)[:3], versions, candidate, all_aliases)
     precision = int(config.section("report").get("precision", 4))
-    return render(build_context(run, gate, version, deployment, config.model_name, precision, aliases))
+    context = build_context(run, gate, version, deployment, config.model_name, precision, aliases)
+    context["charts"] = charts
+    return render(context)
