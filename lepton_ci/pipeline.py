@@ -20,6 +20,7 @@ class PipelineResult:
     steps: dict[str, str] = field(default_factory=dict)  # step -> ok | failed | skipped
     report: str | None = None
     failure: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # what the CI step exposes (version, verdict, ...)
 
 
 def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overrides: dict[str, Any] | None = None,
@@ -46,8 +47,10 @@ def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overri
             if step == "train":
                 run = train(config, param_overrides=param_overrides, to_stderr=True)
                 log(f"  run {run.run_id}: {len(run.metrics)} metric(s), {len(run.artifacts)} artifact(s)")
+                result.outputs["run-id"] = run.run_id
             elif step == "gate":
                 g = gate(config)
+                result.outputs["verdict"] = g.verdict
                 for r in g.results:
                     log(f"  {'✔' if r['passed'] else '✘'} {r['metric']} {r['rule']}: {r['reason']}")
                 if not g.passed:
@@ -57,9 +60,11 @@ def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overri
                     continue
             elif step == "tag":
                 pushed = tag(config)
+                result.outputs.update(version=pushed.version.version, digest=pushed.version.digest)
                 log(f"  {pushed.version.name} v{pushed.version.version} ({pushed.version.digest[:19]})")
             elif step == "deploy":
                 d = deploy_step.deploy(config, allow_unblessed=allow_unblessed)
+                result.outputs.update(endpoint=d.endpoint, **{"deployed-version": d.version})
                 log(f"  v{d.version} {d.status} at {d.endpoint}")
             elif step == "report":
                 result.report = report(config)

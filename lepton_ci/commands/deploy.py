@@ -32,7 +32,11 @@ def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, as_
     config = config_from(ctx)
     if allow_unblessed:
         click.echo("lepton-ci: warning: --allow-unblessed: the gate record is not enforced for this deploy", err=True)
-    _print(deploy(config, ref=ref, allow_unblessed=allow_unblessed), as_json)
+    from lepton_ci.forge.outputs import emit
+
+    record = deploy(config, ref=ref, allow_unblessed=allow_unblessed)
+    emit({"endpoint": record.endpoint, "deployed-version": record.version, "deploy-status": record.status})
+    _print(record, as_json)
 
 
 @deploy_group.command("status")

@@ -17,10 +17,12 @@ from lepton_ci.commands._common import config_from, echo_json, path_option, stat
 def gate_cmd(ctx: click.Context, run_path, baseline: str | None, output, as_json: bool) -> None:
     """Check the candidate against the rules in lepton.yml. Exit 0 pass, 1 fail, 2 usage error."""
     from lepton_ci.errors import StepFailed
+    from lepton_ci.forge.outputs import emit
     from lepton_ci.steps.gate import gate
 
     config = config_from(ctx)
     record = gate(config, run_path=run_path, baseline=baseline, output=output)
+    emit({"verdict": record.verdict, "gate-json": str(output or config.gate_path)})
     if as_json:
         echo_json(record.to_dict())
     else:

@@ -38,6 +38,9 @@ def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output:
         atomic_write_bytes(Path(output), text.encode())
         click.echo(f"report written to {output}", err=True)
     from lepton_ci.forge.detect import detect
+    from lepton_ci.forge.outputs import emit
+
+    emit({"report-path": "" if output == "-" else output})
 
     forge = detect()
     if not post and (not summary or forge.summary_path is None):

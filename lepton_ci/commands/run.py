@@ -22,6 +22,10 @@ def run_cmd(ctx: click.Context, params: tuple[str, ...], steps: str | None, allo
     wanted = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
     result = run_pipeline(config, steps=wanted, param_overrides=parse_param_overrides(list(params)),
                           allow_unblessed=allow_unblessed, log=lambda s: click.echo(s, err=True))
+    from lepton_ci.forge.outputs import emit
+
+    emit({**result.outputs, "steps": ",".join(f"{k}:{v}" for k, v in result.steps.items()),
+          "report-path": str(config.report_path)})
     if result.report:
         click.echo(result.report, nl=False)
     if result.failure:

@@ -16,11 +16,13 @@ from lepton_ci.commands._common import config_from, echo_json, path_option
 @click.pass_context
 def tag_cmd(ctx: click.Context, run_path, gate_path, aliases: tuple[str, ...], reason: str, as_json: bool) -> None:
     """Register the run's artifacts as the next immutable version of the model."""
+    from lepton_ci.forge.outputs import emit
     from lepton_ci.steps.tag import tag
 
     config = config_from(ctx)
     result = tag(config, run_path=run_path, gate_path=gate_path, aliases=list(aliases) if aliases else None, reason=reason)
     mv = result.version
+    emit({"version": mv.version, "digest": mv.digest, "model": mv.name})
     if as_json:
         echo_json(mv.to_dict())
         return

@@ -16,10 +16,12 @@ from lepton_ci.commands._common import config_from, path_option
 @click.pass_context
 def train_cmd(ctx: click.Context, params: tuple[str, ...], timeout: float | None, output, quiet: bool) -> None:
     """Run the configured training command and record params, metrics, artifacts and environment."""
+    from lepton_ci.forge.outputs import emit
     from lepton_ci.steps.train import parse_param_overrides, train
 
     config = config_from(ctx)
     record = train(config, param_overrides=parse_param_overrides(list(params)), timeout=timeout, output=output, quiet=quiet)
+    emit({"run-id": record.run_id, "run-json": str(output or config.run_path), "artifacts-digest": record.artifacts_digest})
     click.echo(
         f"lepton-ci: run {record.run_id} succeeded in {record.timing['duration_s']:.1f}s: "
         f"{len(record.metrics)} metric(s), {len(record.artifacts)} artifact(s) -> {output or config.run_path}",

@@ -7,13 +7,13 @@ report goes to the job summary and a notice says why.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from lepton_ci.forge.detect import ForgeContext
 from lepton_ci.forge.http import ForgeError, mask, register_secret
+from lepton_ci.forge.outputs import emit as emit_outputs
 from lepton_ci.records import GateRecord
 
 SUMMARY_LIMIT = 1024 * 1024  # GitHub's per-step job summary limit
@@ -59,20 +59,6 @@ def make_api(ctx: ForgeContext, **http_options: Any) -> Any:
 
         return GitLabAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", **http_options)
     raise ForgeError(f"cannot post from {ctx.kind}: {ctx.read_only_reason}")
-
-
-def write_outputs(path: Path | None, outputs: dict[str, Any]) -> None:
-    """Append step outputs to $GITHUB_OUTPUT, with a random heredoc delimiter for multi-line values."""
-    if path is None:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        for key, value in outputs.items():
-            text = "" if value is None else str(value)
-            if "\n" in text:
-                delim = f"LEPTON_{secrets.token_hex(8)}"
-                f.write(f"{key}<<{delim}\n{text}\n{delim}\n")
-            else:
-                f.write(f"{key}={text}\n")
 
 
 def _escape_annotation(text: str) -> str:
@@ -131,9 +117,5 @@ def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | No
     if ctx.kind == "github":
         for n in result.notices:
             emit(f"::notice title=lepton-ci::{_escape_annotation(mask(n))}")
-    write_outputs(ctx.output_path, {
-        "comment-url": (result.comment or {}).get("url") or "",
-        "comment-id": (result.comment or {}).get("id") or "",
-        "verdict": gate.verdict if gate else "",
-    })
+    emit_outputs({"comment-url": (result.comment or {}).get("url") or "", "comment-id": (result.comment or {}).get("id") or ""})
     return result
