@@ -40,31 +40,34 @@ def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, as_
 
 
 @deploy_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
-def status_cmd(ctx: click.Context) -> None:
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
     """Check the recorded deployment; exit 1 unless it is healthy."""
     from lepton_ci.errors import StepFailed
     from lepton_ci.steps.deploy import status
 
     d = status(config_from(ctx))
-    _print(d, ctx.obj["as_json"])
+    _print(d, as_json or ctx.obj["as_json"])
     if d.status != "healthy":
         raise StepFailed(f"deployment is {d.status}")
 
 
 @deploy_group.command("stop")
+@click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
-def stop_cmd(ctx: click.Context) -> None:
+def stop_cmd(ctx: click.Context, as_json: bool) -> None:
     """Stop the recorded deployment."""
     from lepton_ci.steps.deploy import stop
 
-    _print(stop(config_from(ctx)), ctx.obj["as_json"])
+    _print(stop(config_from(ctx)), as_json or ctx.obj["as_json"])
 
 
 @deploy_group.command("rollback")
+@click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
-def rollback_cmd(ctx: click.Context) -> None:
+def rollback_cmd(ctx: click.Context, as_json: bool) -> None:
     """Deploy the previous version again and move the alias back to it."""
     from lepton_ci.steps.deploy import rollback
 
-    _print(rollback(config_from(ctx)), ctx.obj["as_json"])
+    _print(rollback(config_from(ctx)), as_json or ctx.obj["as_json"])

@@ -179,7 +179,7 @@ class LocalRegistry:
 
     def push(self, name: str, files: list[tuple[str, Path]], metadata: dict[str, Any], *,
              aliases: list[str] = (), reason: str = "") -> PushResult:
-        """Register files as the next version. Re-pushing the same run's files returns the existing version."""
+        """Register files as the next version; pushing identical files and metadata again returns the existing one."""
         if not files:
             raise UserError("no artifact files to register (check train.artifacts in lepton.yml)")
         for alias in aliases:
@@ -191,11 +191,10 @@ class LocalRegistry:
             digest, size = self._store_blob(Path(src))
             stored.append({"path": rel, "sha256": digest, "size": size})
         art_digest = artifacts_digest(stored)
-        run_id = (metadata.get("run") or {}).get("run_id")
         with self._lock(name):
             for existing in self.versions(name):
-                same_run = run_id and (existing.run or {}).get("run_id") == run_id
-                if existing.artifacts_digest == art_digest and same_run:
+                # A CI rerun of the same tag job (same files, same run and gate records) is idempotent.
+                if existing.artifacts_digest == art_digest and canonical_json(existing.metadata) == canonical_json(metadata):
                     events = [self._move(name, a, existing.version, reason) for a in aliases
                               if self.aliases(name).get(a) != existing.version]
                     return PushResult(existing, created=False, aliases=events)

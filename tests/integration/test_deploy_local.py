@@ -73,8 +73,11 @@ def test_pipeline_deploys_then_gates_and_rolls_back(project: Path) -> None:
     assert gate["baseline"]["version"] == 1 and gate["verdict"] == "pass"
     status = cli("deploy", "status", cwd=project)
     assert status.code == 0 and "digits v2 on local: healthy" in status.out, status
-    # the old server was stopped only after the new one was healthy
-    assert cli("deploy", "status", "--json", cwd=project).code == 0
+    assert json.loads(cli("deploy", "status", "--json", cwd=project).out)["status"] == "healthy"
+    # blue/green: the old server was stopped once the new one was healthy
+    from lepton_ci.v2client import check
+
+    assert check("live", "GET", dep["endpoint"] + "/v2/health/live")["passed"] is False
 
     r = cli("deploy", "rollback", cwd=project, env=KEY, timeout=120)
     assert r.code == 0 and "digits v1 on local: healthy" in r.out, r

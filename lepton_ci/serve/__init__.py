@@ -1,0 +1,1 @@
+"""The lepton-ci model server: Open Inference Protocol (V2) over HTTP for a loaded model."""
