@@ -23,15 +23,17 @@ def _read_optional(cls: type, path: Path | None) -> Any:
     return cls.read(path) if path is not None and path.is_file() else None
 
 
-def _change(candidate: float | None, baseline: float | None, direction: str, precision: int) -> tuple[str, str]:
+def _change(candidate: float | None, baseline: float | None, direction: str | None, precision: int) -> tuple[str, str]:
+    """Change text and arrow; the arrow is coloured only when a gate rule says which direction is better."""
     if candidate is None or baseline is None:
         return "—", "🆕" if baseline is None and candidate is not None else "—"
     delta = candidate - baseline
     if delta == 0:
         return "0", "="
     pct = f" ({delta / abs(baseline) * 100:+.2f}%)" if baseline else ""
-    better = (delta > 0) == (direction == "higher")
-    arrow = ("▲" if delta > 0 else "▼") + (" 🟢" if better else " 🔴")
+    arrow = "▲" if delta > 0 else "▼"
+    if direction is not None:
+        arrow += " 🟢" if (delta > 0) == (direction == "higher") else " 🔴"
     return f"{'+' if delta > 0 else ''}{fmt_number(delta, precision)}{pct}", arrow
 
 
@@ -46,7 +48,7 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
     rows = []
     for metric in sorted(set(candidate_metrics) | set(baseline_metrics)):
         c, b = candidate_metrics.get(metric), baseline_metrics.get(metric)
-        change, arrow = _change(c, b, directions.get(metric, "higher"), precision)
+        change, arrow = _change(c, b, directions.get(metric), precision)
         rows.append({"metric": metric, "candidate": num(c), "baseline": num(b), "change": change, "arrow": arrow})
     results = [{**r, "threshold": num(r["threshold"]), "observed": num(r["observed"]), "baseline": num(r["baseline"]),
                 "reason": str(r["reason"]).replace("|", "\\|")} for r in (gate.results if gate else [])]
