@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "registry": ("lepton_ci.commands.registry", "registry_group", "Inspect and move versions and aliases."),
     "deploy": ("lepton_ci.commands.deploy", "deploy_group", "Deploy a blessed version; status, stop, rollback."),
     "report": ("lepton_ci.commands.report", "report_cmd", "Render the markdown report for the pull request."),
+    "config": ("lepton_ci.commands.config", "config_group", "Validate lepton.yml or print its JSON Schema."),
 }
 
 

@@ -35,14 +35,15 @@ def test_help_and_version_do_not_import_heavy_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY [] 0 0" in out
     assert "lepton-ci 0." in out
-    for cmd in ("train", "gate", "tag", "deploy", "report", "registry", "metrics", "run"):
+    for cmd in ("train", "gate", "tag", "deploy", "report", "registry", "metrics", "run", "config"):
         assert cmd in out
 
 
 def test_every_subcommand_has_help(tmp_path: Path) -> None:
     for args in (["train"], ["gate"], ["tag"], ["report"], ["run"], ["metrics", "diff"], ["deploy"], ["deploy", "status"],
                  ["deploy", "stop"], ["deploy", "rollback"], ["registry", "list"], ["registry", "show"],
-                 ["registry", "history"], ["registry", "promote"], ["registry", "rollback"], ["registry", "check"]):
+                 ["registry", "history"], ["registry", "promote"], ["registry", "rollback"], ["registry", "check"],
+                 ["config", "validate"], ["config", "schema"]):
         r = cli(*args, "--help", cwd=tmp_path)
         assert r.code == 0 and "Usage:" in r.out, (args, r)
 
@@ -257,3 +258,12 @@ def test_registry_check_detects_tampering(project: Path) -> None:
     assert cli("registry", "promote", "1", "staging", cwd=project).code == 0
     assert_one_line_error(cli("registry", "rollback", "staging", cwd=project), 2, "no previous target")
     assert_one_line_error(cli("registry", "rollback", "nope", cwd=project), 2, "no alias 'nope'")
+
+
+def test_config_validate_and_schema(project: Path) -> None:
+    r = cli("config", "validate", cwd=project)
+    assert r.code == 0 and "OK (model toy" in r.out, r
+    schema = json.loads(cli("config", "schema", cwd=project).out)
+    assert schema["title"] == "lepton.yml" and "gate" in schema["properties"]
+    (project / "lepton.yml").write_text("model: {name: Bad Name}\n")
+    assert_one_line_error(cli("config", "validate", cwd=project), 2, "lepton.yml:1", "'model.name' must match")
