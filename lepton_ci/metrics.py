@@ -93,7 +93,7 @@ class MetricChange:
     @property
     def pct(self) -> float | None:
         d = self.diff
-        if d is None or self.old == 0:
+        if d is None or self.old is None or self.old == 0:
             return None
         return d / abs(self.old) * 100.0
 

@@ -1,7 +1,11 @@
-"""scikit-learn models saved with joblib: load, describe for V2, predict.
+"""scikit-learn models saved with joblib: save, load, describe for V2, predict.
 
-Input width comes from `n_features_in_`, which every fitted estimator and pipeline sets; classifiers
-with `predict_proba` expose it as a second output.
+Input width comes from `n_features_in_`, which every fitted estimator and pipeline on numeric data
+sets; classifiers with `predict_proba` expose it as a second output. joblib, numpy and sklearn are
+imported inside functions so `import lepton_ci.frameworks` stays cheap.
+
+Loading a joblib file runs pickle: load only models from a registry you trust (the deploy step
+checks the version's digests before it gets here).
 """
 
 from __future__ import annotations
@@ -12,79 +16,117 @@ from typing import Any
 from lepton_ci.errors import UserError
 from lepton_ci.serve.v2 import NUMPY_TO_V2
 
+INPUT_NAME = "input-0"
+
+
 def save(model: Any, path: str | Path) -> Path:
+    """Save a fitted estimator the way the loader reads it (joblib; use a .joblib or .pkl name)."""
     import joblib
 
-    joblib.dump(model, path)
-    return Path(path)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, target)
+    return target
 
 
 class SklearnModel:
-    input_name = "input-0"
+    """A fitted estimator behind the `LoadedModel` interface: one FP64 matrix in, named arrays out."""
+
+    input_name = INPUT_NAME
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.n_features = int(getattr(model, "n_features_in_", 0)) or None
-        self.has_proba = hasattr(model, "predict_proba")
+        self.n_features = int(getattr(model, "n_features_in_", 0) or 0) or None
+        self.has_proba = _has_method(model, "predict_proba")
         classes = getattr(model, "classes_", None)
         self.n_classes = len(classes) if classes is not None else None
-        self._predict_dtype: str | None = None
+
+    def output_names(self) -> list[str]:
+        return ["predict", "predict_proba"] if self.has_proba else ["predict"]
 
     def metadata(self) -> dict[str, Any]:
-        outputs = [{"name": "predict", "datatype": self._predict_dtype or self._guess_predict_dtype(), "shape": [-1]}]
+        outputs = [{"name": "predict", "datatype": self._predict_datatype(), "shape": [-1]}]
         if self.has_proba:
             outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, self.n_classes or -1]})
-        return {"platform": "sklearn", "inputs": [{"name": self.input_name, "datatype": "FP64",
-                                                   "shape": [-1, self.n_features or -1]}], "outputs": outputs}
+        return {"platform": "sklearn",
+                "inputs": [{"name": self.input_name, "datatype": "FP64", "shape": [-1, self.n_features or -1]}],
+                "outputs": outputs}
 
-    def _guess_predict_dtype(self) -> str:
+    def _predict_datatype(self) -> str:
+        """Classifiers predict labels of `classes_`' dtype (strings are BYTES); regressors FP64."""
         classes = getattr(self.model, "classes_", None)
-        if classes is not None:
-            return NUMPY_TO_V2.get(str(classes.dtype), "BYTES")
+        if classes is not None and hasattr(classes, "dtype"):
+            return NUMPY_TO_V2.get(str(classes.dtype), "FP64" if classes.dtype.kind == "f" else "BYTES")
         return "FP64"
 
     def predict(self, inputs: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
+        """Run the estimator. ValueError means the request does not fit the model (HTTP 400)."""
         import numpy as np
 
-        if self.input_name in inputs:
-            x = inputs[self.input_name]
-        elif len(inputs) == 1:
-            x = next(iter(inputs.values()))
-        else:
-            raise ValueError(f"expected one input named {self.input_name!r}, got {sorted(inputs)}")
-        x = np.asarray(x)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2:
-            raise ValueError(f"input must be 2-D [batch, features], got shape {list(x.shape)}")
-        if self.n_features and x.shape[1] != self.n_features:
-            raise ValueError(f"input has {x.shape[1]} features, the model expects {self.n_features}")
+        if self.input_name not in inputs:
+            raise ValueError(f"missing input {self.input_name!r} (got {', '.join(map(repr, sorted(inputs)))})")
+        extra = sorted(set(inputs) - {self.input_name})
+        if extra:
+            raise ValueError(f"unknown input {extra[0]!r}: this model takes one input, {self.input_name!r}")
         wanted = outputs or ["predict"]
+        for name in wanted:
+            if name not in self.output_names():
+                raise ValueError(f"unknown output {name!r} (available: {', '.join(self.output_names())})")
+        x = np.asarray(inputs[self.input_name])
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"input {self.input_name!r} must be numeric (the model takes FP64), got {x.dtype}")
+        if x.ndim == 1:
+            x = x.reshape(1, -1)  # one row sent as a vector
+        if x.ndim != 2:
+            raise ValueError(f"input {self.input_name!r} must be 2-D [batch, {self.n_features or 'features'}], "
+                             f"got shape {list(x.shape)}")
+        if self.n_features and x.shape[1] != self.n_features:
+            raise ValueError(f"input {self.input_name!r} has {x.shape[1]} features, the model expects {self.n_features}")
+        if x.shape[0] == 0:  # sklearn refuses empty input; an empty batch has an empty answer
+            classes = getattr(self.model, "classes_", None)
+            empty = {"predict": np.asarray(classes[:0]) if classes is not None else np.zeros(0),
+                     "predict_proba": np.zeros((0, self.n_classes or 0))}
+            return {name: empty[name] for name in wanted}
+        x = x.astype(np.float64, copy=False)
         result: dict[str, Any] = {}
         for name in wanted:
             if name == "predict":
                 result[name] = np.asarray(self.model.predict(x))
-            elif name == "predict_proba" and self.has_proba:
-                result[name] = np.asarray(self.model.predict_proba(x), dtype=np.float64)
             else:
-                raise ValueError(f"unknown output {name!r} (available: {', '.join(o['name'] for o in self.metadata()['outputs'])})")
+                result[name] = np.asarray(self.model.predict_proba(x), dtype=np.float64)
         return result
 
     def example_request(self) -> dict[str, Any]:
+        """One row of zeros of the model's width: the deploy smoke test."""
         n = self.n_features or 1
-        return {"inputs": [{"name": self.input_name, "shape": [1, n], "datatype": "FP64", "data": [0.0] * n}]}
+        return {"id": "lepton-ci-smoke",
+                "inputs": [{"name": self.input_name, "shape": [1, n], "datatype": "FP64", "data": [0.0] * n}]}
+
+
+def _has_method(model: Any, name: str) -> bool:
+    """`hasattr` that survives sklearn's `available_if` raising something other than AttributeError."""
+    try:
+        return callable(getattr(model, name, None))
+    except Exception:  # noqa: BLE001 - e.g. SVC(probability=False) raises from the property
+        return False
 
 
 class SklearnLoader:
-    def load(self, path: Path) -> SklearnModel:
-        import joblib
+    """Loads a `joblib.dump`-ed estimator (any extension; .joblib and .pkl are the usual ones)."""
 
+    def load(self, path: Path) -> SklearnModel:
+        try:
+            import joblib
+        except ImportError:
+            raise UserError("serving a scikit-learn model needs joblib and scikit-learn "
+                            "(pip install scikit-learn joblib)") from None
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"model file not found: {path}")
         try:
             model = joblib.load(path)
-        except FileNotFoundError:
-            raise UserError(f"model file not found: {path}") from None
-        except Exception as exc:  # joblib/pickle raise many types for a file that is not a model
+        except Exception as exc:  # noqa: BLE001 - joblib/pickle raise many types for a file that is not a model
             raise UserError(f"cannot load a scikit-learn model from {path}: {type(exc).__name__}: {exc}") from None
-        if not hasattr(model, "predict"):
+        if not _has_method(model, "predict"):
             raise UserError(f"{path} holds a {type(model).__name__}, which has no predict()")
         return SklearnModel(model)
