@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, "-V", "--version", prog_name="lepton-ci", message="%(prog)s %(version)s")
 @click.option("-c", "--config", "config_path", metavar="PATH", envvar="LEPTON_CI_CONFIG",
               help="Project config (default: ./lepton.yml).")
-@click.option("--debug", is_flag=True, envvar="LEPTON_CI_DEBUG", help="Show tracebacks for errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (also: LEPTON_CI_DEBUG=1).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     """CI/CD steps for machine-learning models: train, gate, tag, deploy, report."""
@@ -60,7 +60,15 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 
 def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("LEPTON_CI_DEBUG", "") not in ("", "0", "false")
+    return "--debug" in argv or os.environ.get("LEPTON_CI_DEBUG", "").lower() in ("1", "true", "yes", "on")
+
+
+def _traceback_if_debug(args: list[str]) -> None:
+    """With --debug, show where an error came from; the exit code stays the same as without it."""
+    if _debug_requested(args):
+        import traceback
+
+        traceback.print_exc()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("lepton-ci: aborted", err=True)
         return 130
     except click.ClickException as exc:
-        if _debug_requested(args):
-            raise
+        _traceback_if_debug(args)
         ctx = getattr(exc, "ctx", None)
         where = f"{ctx.command_path}: " if ctx is not None else "lepton-ci: "
         hint = "" if ctx is None else f" (see '{ctx.command_path} --help')"
@@ -88,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place all errors become exit codes
         from lepton_ci.errors import LeptonError
 
-        if _debug_requested(args):
-            raise
+        _traceback_if_debug(args)
         if isinstance(exc, LeptonError):
             click.echo(f"lepton-ci: error: {exc}", err=True)
             return exc.exit_code

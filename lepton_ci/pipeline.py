@@ -1,7 +1,9 @@
 """`lepton-ci run`: the configured steps in order, with the report written even when a step fails.
 
-A failed gate stops tag and deploy (nothing unblessed moves forward) but the report still renders,
-because a failing pull request is exactly when the metric diff matters.
+A failed gate or a failed deploy stops what follows it (nothing unblessed moves forward) but the report
+still renders, because a failing pull request is exactly when the metric diff matters. A failed training
+run ends the pipeline (there is nothing to report on), and a usage error (bad config, missing file)
+ends it with exit code 2 like any single step would.
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, as_
     """Deploy a blessed version to deploy.target, then move deploy.alias (production) to it."""
     ctx.obj["as_json"] = as_json
     if ctx.invoked_subcommand is not None:
+        if ref or allow_unblessed:
+            from lepton_ci.errors import UserError
+
+            flag = "--version" if ref else "--allow-unblessed"
+            raise UserError(f"{flag} goes with `lepton-ci deploy` itself, not with `deploy {ctx.invoked_subcommand}`")
         return
     from lepton_ci.steps.deploy import deploy
 
@@ -64,10 +69,11 @@ def stop_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 @deploy_group.command("rollback")
+@click.option("--allow-unblessed", is_flag=True, help="Allow going back to a version without a passing, signed gate record.")
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
-def rollback_cmd(ctx: click.Context, as_json: bool) -> None:
+def rollback_cmd(ctx: click.Context, allow_unblessed: bool, as_json: bool) -> None:
     """Deploy the previous version again and move the alias back to it."""
     from lepton_ci.steps.deploy import rollback
 
-    _print(rollback(config_from(ctx)), as_json or ctx.obj["as_json"])
+    _print(rollback(config_from(ctx), allow_unblessed=allow_unblessed), as_json or ctx.obj["as_json"])

@@ -179,6 +179,7 @@ class LocalTarget:
     def stop(self, deployment: Deployment) -> Deployment:
         self._stop_process(deployment.process)
         deployment.status = "stopped"
+        deployment.health = []
         return deployment
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -73,15 +74,26 @@ def _github(env: Mapping[str, str]) -> ForgeContext:
         ctx.pr_number = pr.get("number")
         ctx.head_sha = (pr.get("head") or {}).get("sha") or ctx.head_sha
         ctx.base_sha = (pr.get("base") or {}).get("sha")
-    elif event.get("issue", {}).get("pull_request"):
+    elif (event.get("issue") or {}).get("pull_request"):
         ctx.pr_number = event["issue"].get("number")
-    head_repo = ((pr.get("head") or {}).get("repo") or {}).get("full_name")
+    if ctx.pr_number is None:  # no event file (or not a PR event): refs/pull/N/merge still names the PR
+        m = re.fullmatch(r"refs/pull/(\d+)/(merge|head)", env.get("GITHUB_REF", ""))
+        if m:
+            ctx.pr_number = int(m.group(1))
+    if isinstance(ctx.pr_number, str) and ctx.pr_number.isdigit():
+        ctx.pr_number = int(ctx.pr_number)
+    head = pr.get("head") or {}
+    head_repo = (head.get("repo") or {}).get("full_name")
     base_repo = ((pr.get("base") or {}).get("repo") or {}).get("full_name")
+    # A `pull_request` run for a fork gets a read-only GITHUB_TOKEN and no secrets, so whatever variable
+    # holds the token, it can only be that read-only one. (A deleted fork has head.repo null.)
+    from_fork = bool(pr) and base_repo is not None and (head_repo or "") != base_repo
     if not token:
-        ctx.read_only_reason = f"no token: set one of {', '.join(GITHUB_TOKEN_VARS)} (e.g. env: GITHUB_TOKEN: ${{{{ github.token }}}})"
-    elif ctx.event == "pull_request" and head_repo and base_repo and head_repo != base_repo and source == "GITHUB_TOKEN":
-        ctx.read_only_reason = (f"pull request from fork {head_repo}: GitHub gives its workflow a read-only token, "
-                                "so the report goes to the job summary only")
+        ctx.read_only_reason = (f"no token: set one of {', '.join(GITHUB_TOKEN_VARS)} "
+                                "(e.g. env: GITHUB_TOKEN: ${{ github.token }}) and grant `permissions: pull-requests: write`")
+    elif ctx.event == "pull_request" and from_fork:
+        ctx.read_only_reason = (f"pull request from the fork {head_repo or '(deleted)'}: GitHub gives such runs a read-only "
+                                "token, so the report goes to the job summary only")
     else:
         ctx.can_write = True
     return ctx
@@ -97,10 +109,12 @@ def _gitlab(env: Mapping[str, str]) -> ForgeContext:
     iid = env.get("CI_MERGE_REQUEST_IID")
     ctx = ForgeContext(
         kind="gitlab", api_url=env.get("CI_API_V4_URL") or server.rstrip("/") + "/api/v4", server_url=server,
-        repository=env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH"), pr_number=int(iid) if iid and iid.isdigit() else None,
+        # a merge request from a fork lives in the target project: CI_MERGE_REQUEST_PROJECT_ID names it
+        repository=env.get("CI_MERGE_REQUEST_PROJECT_ID") or env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH"), pr_number=int(iid) if iid and iid.isdigit() else None,
         head_sha=env.get("CI_COMMIT_SHA"), base_sha=env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA"), token=token,
         token_source=source, workflow=env.get("CI_JOB_NAME"), run_url=env.get("CI_PIPELINE_URL"),
-        event=env.get("CI_PIPELINE_SOURCE"), project_url=env.get("CI_PROJECT_URL"),
+        event=env.get("CI_PIPELINE_SOURCE"),
+        project_url=env.get("CI_MERGE_REQUEST_PROJECT_URL") or env.get("CI_PROJECT_URL"),
     )
     if token:
         ctx.can_write = True

@@ -6,47 +6,77 @@ notes but not write them, which is why detection never falls back to it for post
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import quote
 
-from lepton_ci.forge.http import ForgeError, HttpClient
+from lepton_ci.forge.http import AmbiguousWrite, ForgeError, HttpClient
 
 BODY_LIMIT = 1_000_000
 STATES = {"success": "success", "failure": "failed", "error": "failed", "pending": "pending"}
+SCOPE_HINT = ("posting merge request notes needs a project, group or personal access token with the `api` scope "
+              "(CI_JOB_TOKEN cannot post notes): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN")
+T = TypeVar("T")
 
 
 class GitLabAPI:
     kind = "gitlab"
     body_limit = BODY_LIMIT
 
-    def __init__(self, api_url: str, project: str, token: str, **http_options: Any) -> None:
+    def __init__(self, api_url: str, project: str, token: str, *, token_source: str | None = None,
+                 **http_options: Any) -> None:
+        self.project_name = str(project)
         self.project = quote(str(project), safe="")
+        self.token_source = token_source or "the token"
         self.http = HttpClient(api_url, headers={"PRIVATE-TOKEN": token, "User-Agent": "lepton-ci"}, **http_options)
 
     def _notes(self, iid: int) -> str:
         return f"/projects/{self.project}/merge_requests/{iid}/notes"
 
+    def _explain(self, what: str, iid: int | None, fn: Callable[[], T], scope_hint: str = SCOPE_HINT) -> T:
+        try:
+            return fn()
+        except AmbiguousWrite:
+            raise
+        except ForgeError as exc:
+            if exc.status == 401:
+                hint = f"GitLab rejected {self.token_source} (401): it is wrong, expired or revoked; {scope_hint}"
+            elif exc.status == 403:
+                hint = f"{self.token_source} may not {what}; {scope_hint}"
+            elif exc.status == 404 and iid is not None:
+                hint = (f"merge request !{iid} not found in project {self.project_name}, or {self.token_source} "
+                        "cannot see that project")
+            elif exc.status == 404:
+                hint = f"not found in project {self.project_name}, or {self.token_source} cannot see that project"
+            elif exc.status in (400, 422):
+                hint = f"GitLab refused to {what}"
+            else:
+                raise
+            raise ForgeError(f"cannot {what}: {hint} ({exc.message})", status=exc.status) from None
+
     def list_comments(self, number: int) -> Iterator[dict[str, Any]]:
-        for n in self.http.paginate(self._notes(number), {"per_page": 100, "sort": "asc", "order_by": "created_at"}):
+        pages = self.http.paginate(self._notes(number), {"per_page": 100, "sort": "asc", "order_by": "created_at"})
+        while True:
+            n = self._explain("read the merge request's notes", number, lambda: next(pages, None))
+            if n is None:
+                return
             if not n.get("system"):
                 yield {"id": n["id"], "body": n.get("body") or "", "url": None}
 
     def create_comment(self, number: int, body: str) -> dict[str, Any]:
-        try:
-            n = self.http.request("POST", self._notes(number), json_body={"body": body}).body
-        except ForgeError as exc:
-            if exc.status in (401, 403):
-                raise ForgeError(f"{exc.message} — posting merge request notes needs a token with the `api` scope "
-                                 "(CI_JOB_TOKEN cannot post notes); set LEPTON_CI_GITLAB_TOKEN", status=exc.status) from None
-            raise
+        n = self._explain("post a merge request note", number, lambda: self.http.request(
+            "POST", self._notes(number), json_body={"body": body}, idempotent=False).body)
         return {"id": n["id"], "url": None}
 
     def update_comment(self, number: int, comment_id: int, body: str) -> dict[str, Any]:
-        n = self.http.request("PUT", f"{self._notes(number)}/{comment_id}", json_body={"body": body}).body
+        n = self._explain("update the merge request note", number, lambda: self.http.request(
+            "PUT", f"{self._notes(number)}/{comment_id}", json_body={"body": body}).body)
         return {"id": n["id"], "url": None}
 
     def set_status(self, sha: str, state: str, context: str, description: str, target_url: str | None) -> None:
         body: dict[str, Any] = {"state": STATES[state], "name": context, "description": description[:255]}
         if target_url:
             body["target_url"] = target_url
-        self.http.request("POST", f"/projects/{self.project}/statuses/{sha}", json_body=body)
+        self._explain("set a commit status", None, lambda: self.http.request(
+            "POST", f"/projects/{self.project}/statuses/{sha}", json_body=body, idempotent=True),
+            "setting a commit status needs a token with the `api` scope and at least the Developer role "
+            "(CI_JOB_TOKEN cannot): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN")

@@ -7,62 +7,119 @@ report goes to the job summary and a notice says why.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from lepton_ci.forge.detect import ForgeContext
-from lepton_ci.forge.http import ForgeError, mask, register_secret
+from lepton_ci.forge.http import AmbiguousWrite, ForgeError, mask, mask_secrets, register_secret
 from lepton_ci.forge.outputs import emit as emit_outputs
 from lepton_ci.records import GateRecord
 
-SUMMARY_LIMIT = 1024 * 1024  # GitHub's per-step job summary limit
+SUMMARY_LIMIT = 1024 * 1024  # GitHub's job summary limit: 1 MiB per step (bytes)
 STATUS_CONTEXT = "lepton-ci/gate"
 
 
 def sticky_marker(model: str, workflow: str | None) -> str:
-    return f"<!-- lepton-ci:sticky model={model} workflow={workflow or 'default'} -->"
+    clean = lambda s: re.sub(r"\s+", "_", s).replace("--", "-_")  # noqa: E731 - keep the HTML comment well formed
+    return f"<!-- lepton-ci:sticky model={clean(model)} workflow={clean(workflow or 'default')} -->"
 
 
-def truncate(body: str, limit: int, note_url: str | None = None) -> str:
-    """Fit `body` under `limit` characters, cutting at a line break and saying so."""
-    if len(body) <= limit:
+def _close_open_blocks(text: str) -> str:
+    """What to append so a cut-off markdown document does not swallow what follows (code fence, details)."""
+    closers = ""
+    if sum(1 for line in text.splitlines() if line.lstrip().startswith("```")) % 2:
+        closers += "\n```"
+    opened = len(re.findall(r"<details\b", text)) - len(re.findall(r"</details>", text))
+    closers += "\n</details>" * max(0, opened)
+    return closers
+
+
+def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = "chars", what: str = "comment") -> str:
+    """Fit `body` under `limit` characters (or UTF-8 bytes with unit="bytes"), cutting at a line break and
+    saying so. Open code fences and <details> blocks are closed so the note shows."""
+    size = (lambda s: len(s.encode("utf-8"))) if unit == "bytes" else len
+    if size(body) <= limit:
         return body
-    where = f" The full report is in the [job summary]({note_url})." if note_url else " The full report is in the job summary."
-    note = f"\n\n> ✂️ Report truncated to fit the {limit:,}-character comment limit.{where}\n"
-    cut = body[: limit - len(note)]
-    cut = cut[: cut.rfind("\n")] if "\n" in cut else cut
-    return cut + note
+    if what == "comment":
+        where = (f" The full report is in the [job summary]({note_url})." if note_url
+                 else " The full report is in the job summary.")
+        note = f"\n\n> ✂️ Report truncated to fit the {limit:,}-character comment limit.{where}\n"
+    else:
+        note = f"\n\n> ✂️ Report truncated to fit the {limit:,}-byte {what} limit.\n"
+    budget = limit - size(note) - 64
+    while True:
+        if unit == "bytes":
+            cut = body.encode("utf-8")[: max(0, budget)].decode("utf-8", errors="ignore")
+        else:
+            cut = body[: max(0, budget)]
+        if "\n" in cut:
+            cut = cut[: cut.rfind("\n")]
+        out = cut + _close_open_blocks(cut) + note
+        if size(out) <= limit or budget <= 0:
+            return out if size(out) <= limit else note[: limit]
+        budget -= size(out) - limit + 16
 
 
 def post_sticky(api: Any, number: int, body: str, marker: str) -> dict[str, Any]:
-    """Create or update the one comment carrying `marker`, searching every page of comments."""
-    body = truncate(marker + "\n" + body, api.body_limit)
-    existing = [c for c in api.list_comments(number) if marker in c["body"]]
-    if existing:
-        keep = existing[0]
-        if keep["body"] == body:
-            return {"action": "unchanged", "id": keep["id"], "url": keep.get("url")}
-        c = api.update_comment(number, keep["id"], body)
-        return {"action": "updated", "id": c["id"], "url": c.get("url") or keep.get("url"), "duplicates": len(existing) - 1}
-    c = api.create_comment(number, body)
-    return {"action": "created", "id": c["id"], "url": c.get("url")}
+    """Create or update the one comment that starts with `marker`, searching every page of comments.
+
+    A create that may have reached the server but got no answer (reset, timeout, 5xx) is never repeated
+    blindly: the comments are listed again first, and a comment that did get created is kept.
+    """
+    body = truncate(marker + "\n" + mask_secrets(body), api.body_limit)
+    http = api.http
+
+    def find() -> list[dict[str, Any]]:
+        return [c for c in api.list_comments(number) if c["body"].lstrip().startswith(marker)]
+
+    existing = find()
+    attempts = http.max_retries + 1
+    for attempt in range(attempts):
+        if existing:
+            keep = existing[0]
+            extra = {"duplicates": len(existing) - 1} if len(existing) > 1 else {}
+            if keep["body"] == body:
+                return {"action": "unchanged" if attempt == 0 else "created", "id": keep["id"], "url": keep.get("url"), **extra}
+            c = api.update_comment(number, keep["id"], body)
+            return {"action": "updated", "id": c["id"], "url": c.get("url") or keep.get("url"), **extra}
+        try:
+            c = api.create_comment(number, body)
+            return {"action": "created", "id": c["id"], "url": c.get("url")}
+        except AmbiguousWrite as exc:
+            if attempt == attempts - 1:
+                raise ForgeError(f"cannot post the comment: {exc.message} (gave up after {attempts} attempts)",
+                                 status=exc.status) from None
+            wait = http.backoff_s * 2 ** attempt
+            http._log(f"warning: {exc.message}; looking for the comment before trying again in {wait:.1f}s")
+            http.sleep(wait)
+            existing = find()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def make_api(ctx: ForgeContext, **http_options: Any) -> Any:
     if ctx.kind == "github":
         from lepton_ci.forge.github import GitHubAPI
 
-        return GitHubAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", **http_options)
+        return GitHubAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source,
+                         **http_options)
     if ctx.kind == "gitlab":
         from lepton_ci.forge.gitlab import GitLabAPI
 
-        return GitLabAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", **http_options)
+        return GitLabAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source,
+                         **http_options)
     raise ForgeError(f"cannot post from {ctx.kind}: {ctx.read_only_reason}")
 
 
-def _escape_annotation(text: str) -> str:
+def _escape_data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+_escape_annotation = _escape_data  # the name report.py and older callers use
 
 
 def annotations(gate: GateRecord | None, config_file: str, rule_lines: dict[str, int]) -> list[str]:
@@ -71,8 +128,9 @@ def annotations(gate: GateRecord | None, config_file: str, rule_lines: dict[str,
     for r in (gate.results if gate else []):
         if not r["passed"]:
             line = rule_lines.get(r["metric"], 1)
-            title = _escape_annotation(f"lepton-ci gate: {r['metric']} {r['rule']}").replace(",", "%2C").replace(":", "%3A")
-            out.append(f"::error file={config_file},line={line},title={title}::{_escape_annotation(mask(str(r['reason'])))}")
+            title = _escape_property(f"lepton-ci gate: {r['metric']} {r['rule']}")
+            out.append(f"::error file={_escape_property(config_file)},line={line},title={title}::"
+                       f"{_escape_data(mask(str(r['reason'])))}")
     return out
 
 
@@ -84,6 +142,22 @@ class PublishResult:
     notices: list[str] = field(default_factory=list)
 
 
+def _write_summary(path: Any, report: str, notices: list[str]) -> None:
+    """Append to the step's job summary, within the 1 MiB GitHub accepts per step."""
+    try:
+        used = path.stat().st_size
+    except OSError:
+        used = 0
+    text = mask_secrets(report)
+    if notices:
+        text = text.rstrip("\n") + "\n\n" + "".join(f"> lepton-ci: {mask(n)}\n" for n in notices)
+    room = SUMMARY_LIMIT - used - 1
+    if room <= 200:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(truncate(text, room, unit="bytes", what="job summary") + "\n")
+
+
 def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | None, post: bool = True,
             summary: bool = True, status: bool = True, emit: Callable[[str], None] = print,
             http_options: dict[str, Any] | None = None, annotation_lines: list[str] = ()) -> PublishResult:
@@ -91,31 +165,39 @@ def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | No
     if ctx.kind == "github" and ctx.token:
         emit(f"::add-mask::{ctx.token}")
     result = PublishResult()
-    if summary and ctx.summary_path is not None:
-        with open(ctx.summary_path, "a", encoding="utf-8") as f:
-            f.write(truncate(report, SUMMARY_LIMIT) + "\n")
-        result.summary_written = True
-    if ctx.kind == "github":
-        for line in annotation_lines:
-            emit(line)
     if post:
         if ctx.pr_number is None:
             result.notices.append(f"no pull/merge request in this {ctx.kind} run: comment not posted")
         elif not ctx.can_write:
             result.notices.append(f"comment not posted: {ctx.read_only_reason}")
-        else:
-            api = make_api(ctx, **(http_options or {}))
-            result.comment = post_sticky(api, ctx.pr_number, report, sticky_marker(model, ctx.workflow))
-            if ctx.kind == "gitlab" and ctx.project_url and not result.comment.get("url"):
-                result.comment["url"] = f"{ctx.project_url}/-/merge_requests/{ctx.pr_number}#note_{result.comment['id']}"
+    if summary and ctx.summary_path is not None:
+        _write_summary(ctx.summary_path, report, result.notices)
+        result.summary_written = True
+    if ctx.kind == "github":
+        for line in annotation_lines:
+            emit(line)
+    if post and ctx.pr_number is not None and ctx.can_write:
+        api = make_api(ctx, **(http_options or {}))
+        result.comment = post_sticky(api, ctx.pr_number, report, sticky_marker(model, ctx.workflow))
+        if ctx.kind == "gitlab" and ctx.project_url and not result.comment.get("url"):
+            result.comment["url"] = f"{ctx.project_url}/-/merge_requests/{ctx.pr_number}#note_{result.comment['id']}"
     if status and gate is not None and ctx.can_write and ctx.head_sha and ctx.kind in ("github", "gitlab"):
         api = make_api(ctx, **(http_options or {}))
         failed = sum(1 for r in gate.results if not r["passed"])
         desc = "all gate checks passed" if gate.passed else f"{failed} of {len(gate.results)} gate checks failed"
-        api.set_status(ctx.head_sha, "success" if gate.passed else "failure", f"{STATUS_CONTEXT} ({model})", desc, ctx.run_url)
-        result.status_set = True
+        try:
+            api.set_status(ctx.head_sha, "success" if gate.passed else "failure", f"{STATUS_CONTEXT} ({model})", desc,
+                           ctx.run_url)
+            result.status_set = True
+        except ForgeError as exc:
+            if exc.status not in (403, 404, 422):
+                raise
+            # the report is out; a missing `statuses: write` permission should not fail the job
+            result.notices.append(f"commit status not set: {exc.message}")
     if ctx.kind == "github":
         for n in result.notices:
-            emit(f"::notice title=lepton-ci::{_escape_annotation(mask(n))}")
-    emit_outputs({"comment-url": (result.comment or {}).get("url") or "", "comment-id": (result.comment or {}).get("id") or ""})
+            emit(f"::notice title=lepton-ci::{_escape_data(mask(n))}")
+    comment = result.comment or {}
+    emit_outputs({"comment-url": comment.get("url") or "", "comment-id": comment.get("id") or "",
+                  "comment-action": comment.get("action") or "", "summary-written": str(result.summary_written).lower()})
     return result

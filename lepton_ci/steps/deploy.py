@@ -134,7 +134,7 @@ def stop(config: Config) -> Deployment:
     return stopped
 
 
-def rollback(config: Config) -> Deployment:
+def rollback(config: Config, *, allow_unblessed: bool = False) -> Deployment:
     """Deploy the previous version again and move the alias back to it."""
     current = current_deployment(config)
     if current is None:
@@ -142,7 +142,7 @@ def rollback(config: Config) -> Deployment:
     if not current.previous:
         raise UserError(f"{current.model} v{current.version} has no previous deployment to roll back to")
     previous_version = current.previous["version"]
-    record = deploy(config, ref=str(previous_version), move_alias=False)
+    record = deploy(config, ref=str(previous_version), move_alias=False, allow_unblessed=allow_unblessed)
     alias = config.section("deploy").get("alias", "production")
     registry = open_registry(config.registry_url, config.root)
     if alias and registry.aliases(record.model).get(alias) != previous_version:

@@ -108,6 +108,13 @@ def report(config: Config, *, run_path: Path | None = None, gate_path: Path | No
     run = _read_optional(RunRecord, run_path or config.run_path)
     gate = _read_optional(GateRecord, gate_path or config.gate_path)
     deployment = _read_optional(Deployment, deployment_path or config.deployment_path)
+    notes: list[str] = []
+    if run is not None and not run.succeeded:
+        notes.append(f"the last training run {run.run_id} {run.exit.get('status')} (exit code {run.exit.get('code')}); "
+                     f"see {run.exit.get('log')}")
+    if gate is not None and run is not None and gate.candidate.get("run_id") != run.run_id:
+        notes.append(f"gate.json belongs to run {gate.candidate.get('run_id')}, not to run {run.run_id}: it is not shown")
+        gate = None
     version = read_tagged_version(config) if include_version else None
     if version is not None and run is not None and version.run and version.run.get("run_id") != run.run_id:
         version = None  # the last tag was of another run; do not present it as this one's
@@ -128,4 +135,5 @@ def report(config: Config, *, run_path: Path | None = None, gate_path: Path | No
     precision = int(config.section("report").get("precision", 4))
     context = build_context(run, gate, version, deployment, config.model_name, precision, aliases)
     context["charts"] = charts
+    context["notes"] = notes + context["notes"]
     return render(context)

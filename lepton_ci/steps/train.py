@@ -31,6 +31,15 @@ from lepton_ci.timeutil import utcnow
 KILL_GRACE_S = 5.0
 
 
+def _env_value(value: Any) -> str:
+    """Environment text for a config value: YAML/JSON spelling (true, not True; lists as JSON)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
 def parse_param_overrides(items: list[str]) -> dict[str, Any]:
     """`--param key=value` pairs; values are read as YAML scalars so 0.5 is a number and true a bool."""
     import yaml
@@ -173,12 +182,12 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
         raise UserError(f"train.workdir {section.get('workdir')!r} is not a directory", where=config.where("train", "workdir"))
 
     env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in (section.get("env") or {}).items()})
+    env.update({str(k): _env_value(v) for k, v in (section.get("env") or {}).items()})
     env[tracking.RUN_DIR_ENV] = str(run_dir)
     env[tracking.PARAMS_ENV] = json.dumps(params)
     env["LEPTON_CI_RUN_ID"] = run_id
     for key, value in params.items():
-        env["LEPTON_PARAM_" + "".join(c if c.isalnum() else "_" for c in str(key)).upper()] = str(value)
+        env["LEPTON_PARAM_" + "".join(c if c.isalnum() else "_" for c in str(key)).upper()] = _env_value(value)
 
     git = git_info(config.root)
     started = utcnow()

@@ -267,3 +267,22 @@ def test_config_validate_and_schema(project: Path) -> None:
     assert schema["title"] == "lepton.yml" and "gate" in schema["properties"]
     (project / "lepton.yml").write_text("model: {name: Bad Name}\n")
     assert_one_line_error(cli("config", "validate", cwd=project), 2, "lepton.yml:1", "'model.name' must match")
+
+
+def test_debug_shows_traceback_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    r = cli("--debug", "train", cwd=tmp_path)
+    assert r.code == 2 and "Traceback" in r.err and "config file not found" in r.err, r
+    r = cli("train", cwd=tmp_path, env={"LEPTON_CI_DEBUG": "whatever"})
+    assert_one_line_error(r, 2, "config file not found")
+
+
+def test_deploy_flags_belong_to_deploy_itself(project: Path) -> None:
+    assert_one_line_error(cli("deploy", "--version", "3", "status", cwd=project), 2, "--version goes with `lepton-ci deploy`")
+
+
+def test_env_values_use_yaml_spelling(project: Path) -> None:
+    (project / "train.py").write_text(
+        "import os, json\nopen('metrics.json','w').write(json.dumps({'a': 1}))\nopen('model.bin','w').write('m')\n"
+        "print('FLAG=' + os.environ['LEPTON_PARAM_FLAG'] + ' LIST=' + os.environ['LEPTON_PARAM_SIZES'])\n")
+    r = cli("train", "-p", "flag=true", "-p", "sizes=[1, 2]", cwd=project)
+    assert r.code == 0 and "FLAG=true LIST=[1, 2]" in r.out, r
