@@ -65,16 +65,29 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
     def build(n: Any, path: KeyPath) -> Any:
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
+            own = sum(1 for k, _ in n.value if k.tag != "tag:yaml.org,2002:merge")
+            try:
+                loader.flatten_mapping(n)  # resolve `<<:` merge keys, as yaml.safe_load would
+            except yaml.YAMLError as exc:
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(f"bad merge key: {problem}", where=f"{filename}:{n.start_mark.line + 1}") from None
+            merged = len(n.value) - own  # flatten_mapping puts merged pairs first; own keys override them
             out: dict[Any, Any] = {}
-            for key_node, value_node in n.value:
-                key = loader.construct_object(key_node, deep=True)
+            merged_from: dict[Any, int] = {}
+            for index, (key_node, value_node) in enumerate(n.value):
+                try:
+                    key = loader.construct_object(key_node, deep=True)
+                except yaml.YAMLError as exc:
+                    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                    raise ConfigError(f"bad key: {problem}", where=f"{filename}:{key_node.start_mark.line + 1}") from None
                 if not isinstance(key, (str, int, float, bool)):
                     raise ConfigError("mapping keys must be plain scalars", where=f"{filename}:{key_node.start_mark.line + 1}")
-                if key in out:
+                if key in out and index >= merged and merged_from.get(key, index) >= merged:
                     raise ConfigError(
                         f"duplicate key {format_keypath(path + (key,))!r} (first at line {lines[path + (key,)]})",
                         where=f"{filename}:{key_node.start_mark.line + 1}",
                     )
+                merged_from[key] = index
                 lines[path + (key,)] = key_node.start_mark.line + 1
                 out[key] = build(value_node, path + (key,))
                 lines[path + (key,)] = key_node.start_mark.line + 1
@@ -103,7 +116,7 @@ def _describe(value: Any) -> str:
     return kind
 
 
-def _error_message(err: Any) -> tuple[KeyPath, str]:
+def _error_message(err: Any, lines: dict[KeyPath, int]) -> tuple[KeyPath, str]:
     """Turn one jsonschema error into (key path it concerns, message)."""
     path: KeyPath = tuple(err.absolute_path)
     name = format_keypath(path)
@@ -111,8 +124,8 @@ def _error_message(err: Any) -> tuple[KeyPath, str]:
     v = err.validator
     if v == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        unknown = sorted(k for k in err.instance if k not in schema.get("properties", {}))
-        key = unknown[0]
+        unknown = [k for k in err.instance if k not in schema.get("properties", {})]
+        key = min(unknown, key=lambda k: (_line_for(lines, path + (k,)), str(k)))  # the first in the file
         hint = difflib.get_close_matches(str(key), allowed, n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
         return path + (key,), (
@@ -160,7 +173,7 @@ def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
         return
     located = []
     for err in errors:
-        path, message = _error_message(err)
+        path, message = _error_message(err, lines)
         located.append((_line_for(lines, path), message))
     located.sort()
     line, message = located[0]

@@ -38,7 +38,7 @@ class GitHubAPI:
             if status == 401:
                 hint = f"GitHub rejected {self.token_source} (401 Bad credentials): it is wrong, expired or revoked"
             elif status == 403:
-                hint = (f"{self.token_source} may not {what} in {self.repo}: the workflow needs `permissions: "
+                hint = (f"{self.token_source} lacks the permission in {self.repo}: the workflow needs `permissions: "
                         f"{permission}` (a pull request from a fork only gets a read-only token)")
             elif status == 404 and number is not None:
                 hint = (f"pull request #{number} not found in {self.repo}, or {self.token_source} cannot see that "
@@ -48,9 +48,9 @@ class GitHubAPI:
             elif status == 410:
                 hint = f"issues are disabled in {self.repo}, or #{number} was deleted"
             elif status == 422:
-                hint = f"GitHub refused to {what}"
-            else:
-                raise
+                hint = "GitHub refused the request"
+            else:  # 5xx or transport errors after every retry, or a rate limit too long to wait for
+                raise ForgeError(f"cannot {what}: {exc.message}", status=status) from None
             raise ForgeError(f"cannot {what}: {hint} ({exc.message})", status=status) from None
 
     def list_comments(self, number: int) -> Iterator[dict[str, Any]]:

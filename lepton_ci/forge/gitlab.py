@@ -41,16 +41,16 @@ class GitLabAPI:
             if exc.status == 401:
                 hint = f"GitLab rejected {self.token_source} (401): it is wrong, expired or revoked; {scope_hint}"
             elif exc.status == 403:
-                hint = f"{self.token_source} may not {what}; {scope_hint}"
+                hint = f"{self.token_source} lacks the permission; {scope_hint}"
             elif exc.status == 404 and iid is not None:
                 hint = (f"merge request !{iid} not found in project {self.project_name}, or {self.token_source} "
                         "cannot see that project")
             elif exc.status == 404:
                 hint = f"not found in project {self.project_name}, or {self.token_source} cannot see that project"
             elif exc.status in (400, 422):
-                hint = f"GitLab refused to {what}"
-            else:
-                raise
+                hint = "GitLab refused the request"
+            else:  # 5xx or transport errors after every retry, or a rate limit too long to wait for
+                raise ForgeError(f"cannot {what}: {exc.message}", status=exc.status) from None
             raise ForgeError(f"cannot {what}: {hint} ({exc.message})", status=exc.status) from None
 
     def list_comments(self, number: int) -> Iterator[dict[str, Any]]:

@@ -71,7 +71,7 @@ class AmbiguousWrite(ForgeError):
 
 
 def debug_enabled() -> bool:
-    if os.environ.get("LEPTON_CI_DEBUG", "") not in ("", "0", "false"):
+    if os.environ.get("LEPTON_CI_DEBUG", "").lower() in ("1", "true", "yes", "on"):  # as lepton_ci.cli reads it
         return True
     try:
         import click
@@ -182,7 +182,7 @@ class HttpClient:
         if idempotent is None:
             idempotent = method in IDEMPOTENT
         url = self.url(path)
-        last = ""
+        last, last_status = "", None
         for attempt in range(self.max_retries + 1):
             self._log(f"debug: {method} {url}{' ' + json.dumps(params) if params else ''} "
                      f"headers={json.dumps({k: v for k, v in self.session.headers.items()})}"
@@ -203,6 +203,7 @@ class HttpClient:
                 if wait is None:
                     return self._finish(method, url, resp)
                 last = f"HTTP {resp.status_code}" + (f" ({_detail(resp)})" if resp.status_code < 500 else "")
+                last_status = 429 if rate_limited else resp.status_code  # a 403 rate limit is not a permission error
                 if not idempotent and not rate_limited:  # a 5xx on a create: it may have been created
                     raise AmbiguousWrite(f"{method} {url}: {last}; the server may or may not have acted on it",
                                          status=resp.status_code)
@@ -214,7 +215,7 @@ class HttpClient:
                                  status=429)
             self._log(f"warning: {method} {url}: {last}; retrying in {wait:.1f}s ({attempt + 1}/{self.max_retries})")
             self.sleep(wait)
-        raise ForgeError(f"{method} {url}: failed after {self.max_retries + 1} attempts ({last})")
+        raise ForgeError(f"{method} {url}: failed after {self.max_retries + 1} attempts ({last})", status=last_status)
 
     def _finish(self, method: str, url: str, resp: Any) -> Response:
         try:

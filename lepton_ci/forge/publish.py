@@ -35,18 +35,19 @@ def _close_open_blocks(text: str) -> str:
     return closers
 
 
-def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = "chars", what: str = "comment") -> str:
+def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = "chars", what: str | None = None) -> str:
     """Fit `body` under `limit` characters (or UTF-8 bytes with unit="bytes"), cutting at a line break and
-    saying so. Open code fences and <details> blocks are closed so the note shows."""
+    saying so. Open code fences and <details> blocks are closed so the note shows. `what` names the limit
+    in the note (default: the comment limit, pointing at the job summary for the full text)."""
     size = (lambda s: len(s.encode("utf-8"))) if unit == "bytes" else len
     if size(body) <= limit:
         return body
-    if what == "comment":
+    if what is None:
         where = (f" The full report is in the [job summary]({note_url})." if note_url
                  else " The full report is in the job summary.")
         note = f"\n\n> ✂️ Report truncated to fit the {limit:,}-character comment limit.{where}\n"
     else:
-        note = f"\n\n> ✂️ Report truncated to fit the {limit:,}-byte {what} limit.\n"
+        note = f"\n\n> ✂️ Report truncated to fit the {what}.\n"
     budget = limit - size(note) - 64
     while True:
         if unit == "bytes":
@@ -81,7 +82,13 @@ def post_sticky(api: Any, number: int, body: str, marker: str) -> dict[str, Any]
             extra = {"duplicates": len(existing) - 1} if len(existing) > 1 else {}
             if keep["body"] == body:
                 return {"action": "unchanged" if attempt == 0 else "created", "id": keep["id"], "url": keep.get("url"), **extra}
-            c = api.update_comment(number, keep["id"], body)
+            try:
+                c = api.update_comment(number, keep["id"], body)
+            except ForgeError as exc:
+                if exc.status != 404:
+                    raise
+                existing = [x for x in existing if x["id"] != keep["id"]]  # deleted since we listed: post anew
+                continue
             return {"action": "updated", "id": c["id"], "url": c.get("url") or keep.get("url"), **extra}
         try:
             c = api.create_comment(number, body)
@@ -155,7 +162,7 @@ def _write_summary(path: Any, report: str, notices: list[str]) -> None:
     if room <= 200:
         return
     with open(path, "a", encoding="utf-8") as f:
-        f.write(truncate(text, room, unit="bytes", what="job summary") + "\n")
+        f.write(truncate(text, room, unit="bytes", what="job summary's 1 MiB limit") + "\n")
 
 
 def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | None, post: bool = True,

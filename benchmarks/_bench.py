@@ -1,0 +1,178 @@
+"""Shared helpers for the side-by-side benchmarks (standard library only).
+
+Each benchmark script imports this module; run the scripts as
+``python3 benchmarks/<script>.py`` so that this directory is on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+DVC_VENV = BENCH_DIR / ".venv-dvc"
+
+
+class SetupError(Exception):
+    """A tool under test is missing or unusable (exit code 2)."""
+
+
+def bench_env() -> dict[str, str]:
+    """Environment for every timed command: quiet, no telemetry, no colour, no pager."""
+    env = dict(os.environ)
+    env.update(
+        {
+            # DVC otherwise spawns a background analytics process after each command,
+            # which would add load to the machine during the next timed run.
+            "DVC_NO_ANALYTICS": "1",
+            "NO_COLOR": "1",
+            "PAGER": "cat",
+            "GIT_PAGER": "cat",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    for var in ("LEPTON_CI_DEBUG", "PYTHONPROFILEIMPORTTIME", "PYTHONDEVMODE"):
+        env.pop(var, None)
+    return env
+
+
+def find_lepton(explicit: str | None) -> Path:
+    """The lepton-ci under test: --lepton PATH, else the repo's .venv, else PATH."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.exists():
+            found = shutil.which(explicit)
+            if not found:
+                raise SetupError(f"--lepton {explicit}: no such file")
+            p = Path(found)
+        return p.resolve() if p.is_absolute() else p.absolute()
+    venv = REPO_ROOT / ".venv" / "bin" / "lepton-ci"
+    if venv.exists():
+        return venv
+    found = shutil.which("lepton-ci")
+    if found:
+        return Path(found)
+    raise SetupError(
+        f"lepton-ci not found: neither {venv} nor `lepton-ci` on PATH; pass --lepton PATH"
+    )
+
+
+def find_dvc(explicit: str | None, install: bool = True) -> Path:
+    """DVC: --dvc PATH, else benchmarks/.venv-dvc/bin/dvc (created with pip if missing)."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.exists():
+            found = shutil.which(explicit)
+            if not found:
+                raise SetupError(f"--dvc {explicit}: no such file")
+            p = Path(found)
+        return p.absolute()
+    dvc = DVC_VENV / "bin" / "dvc"
+    if dvc.exists():
+        return dvc
+    if not install:
+        raise SetupError(f"{dvc} missing (run without --no-install to create it)")
+    print(f"[setup] installing DVC into {DVC_VENV} (one time; takes a minute) ...", file=sys.stderr)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(DVC_VENV)], check=True)
+        pip = [str(DVC_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run(pip + ["--upgrade", "pip"], check=True)
+        subprocess.run(pip + ["dvc"], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SetupError(f"could not install DVC into {DVC_VENV}: {exc}") from exc
+    if not dvc.exists():
+        raise SetupError(f"pip install dvc did not create {dvc}")
+    return dvc
+
+
+def run_capture(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(cmd), cwd=cwd, env=bench_env(), capture_output=True, text=True, check=False
+    )
+
+
+def time_once(cmd: Sequence[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Wall time of one fresh process, output captured (so terminal speed doesn't count)."""
+    env = bench_env()
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False
+    )
+    return time.perf_counter() - t0, proc
+
+
+def time_interleaved(
+    commands: dict[str, list[str]], runs: int, cwd: Path | None = None, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Run every command ``runs`` times, round-robin (A B C A B C ...), after ``warmup`` rounds.
+
+    Interleaving spreads machine noise (other tenants, CPU frequency) evenly over all
+    commands, so ratios within one invocation are meaningful even on a noisy host.
+    A non-zero exit status aborts the benchmark: timing a failing command is meaningless.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for i in range(warmup + runs):
+        # Alternate the order each round as well, so no command always runs "after" another.
+        order = list(commands.items())
+        if i % 2:
+            order.reverse()
+        for name, cmd in order:
+            dt, proc = time_once(cmd, cwd=cwd)
+            if proc.returncode != 0:
+                err = proc.stderr.decode(errors="replace").strip()[-2000:]
+                raise SetupError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{err}")
+            if i >= warmup:
+                samples[name].append(dt)
+    return samples
+
+
+def summarize(xs: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "n": float(len(xs)),
+    }
+
+
+def print_table(headers: list[str], rows: list[list[str]], out=sys.stdout) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            # Left-align the first column (names), right-align numbers.
+            parts.append(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]))
+        return "| " + " | ".join(parts) + " |"
+
+    print(line(headers), file=out)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
+    for row in rows:
+        print(line(row), file=out)
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        proc = run_capture(cmd)
+    except OSError as exc:
+        return f"? ({exc})"
+    out = (proc.stdout or proc.stderr).strip().splitlines()
+    return out[0] if out else "?"
+
+
+def host_line() -> str:
+    try:
+        load = "load %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "load ?"
+    return f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {load}"

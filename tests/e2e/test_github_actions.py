@@ -1,0 +1,469 @@
+"""GitHub Actions for real: act runs the workflows of docs/github-actions.md (tests/e2e/workflows/) in host
+mode on a copy of examples/sklearn-digits, against the GitHub API stand-in (tests/support/github_standin.py),
+which checks every request against GitHub's OpenAPI description.
+
+- the step actions (`lepton/ci/actions/<step>@v1`): train, gate, tag, deploy (local), report; run twice,
+  as a rerun of the same pull request (one sticky comment created, then updated in place), then once more
+  after a push that fails the gate (the job fails, the report still updates the comment);
+- the umbrella action (`lepton/ci@v1`, `step: run`) on another pull request;
+- scripts/release: the major tag moves, and the split repositories (`lepton/<step>@vN`) work standalone,
+  installing the pinned release (a wheel built from this checkout) instead of a source checkout.
+
+act resolves `lepton/ci@v1` to a copy of this checkout (`--local-repository`) and intercepts
+`actions/checkout` (it copies the project). act, actionlint and zizmor come from
+scripts/deps/20-github-actions.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "sklearn-digits"
+WORKFLOWS = Path(__file__).resolve().parent / "workflows"
+REPO = "octo/digits"
+STICKY = "<!-- lepton-ci:sticky model=digits workflow=lepton -->"
+TOKEN = "ghs_" + secrets.token_hex(18)  # a canary: must never show in any log
+SIGNING_KEY = "e2e-signing-key-" + secrets.token_hex(8)
+ACT_FLAGS = ["-P", "self-hosted=-self-hosted", "-P", "gpu=-self-hosted", "-P", "ubuntu-latest=-self-hosted",
+             "--no-cache-server"]
+# The environment act hands on to steps in host mode: enough for git, pip and Python, nothing of the
+# machine's own CI (a GITHUB_* leaking in would change what lepton-ci detects).
+PASSTHROUGH = re.compile(r"^(HOME|LANG|LC_\w+|TMPDIR|USER|PIP_\w+|\w*CA_BUNDLE|\w*CA_CERTS\w*|SSL_CERT_\w+|"
+                         r"https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)$")
+
+
+def tool(name: str) -> str:
+    """A test tool from the project venv or PATH: a missing one skips, but fails under scripts/test and CI."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found:
+        return found
+    msg = f"{name} is missing: scripts/test installs it (scripts/deps/20-github-actions.sh)"
+    if os.environ.get("CI") == "true" or os.environ.get("LEPTON_GITHUB_ACTIONS_TOOLS"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=CI", "-c", "user.email=ci@example.com", "-c", "init.defaultBranch=main",
+                           *args], cwd=repo, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def copy_checkout(dest: Path) -> Path:
+    """What a clone of this repository would hold: tracked and unignored files (no .venv, no caches)."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+class StandIn:
+    """The GitHub API stand-in as its own process (act's steps reach it over HTTP)."""
+
+    def __init__(self, workdir: Path, prs: list[int]) -> None:
+        from tests.support.github_standin import require_spec
+
+        self.state = workdir / "github-standin.jsonl"
+        self.log = open(workdir / "github-standin.log", "w+b")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.github_standin", "--spec", str(require_spec()), "--port", "0",
+             "--state", str(self.state), "--repo", REPO, "--token", TOKEN, "--prs", ",".join(map(str, prs))],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline().strip()  # the URL, once it listens (loading the spec takes a while)
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"GitHub stand-in did not start: {line!r} {(workdir / 'github-standin.log').read_text()[-2000:]}")
+        self.url = line
+
+    def _get(self, what: str) -> Any:
+        with urllib.request.urlopen(f"{self.url}/_standin/{what}", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self._get("requests")
+
+    def violations(self) -> list[str]:
+        return self._get("violations")
+
+    def comments(self, pr: int) -> list[dict[str, Any]]:
+        return self._get(f"comments?issue={pr}")
+
+    def calls(self, op: str, pr: int | None = None) -> list[dict[str, Any]]:
+        out = [r for r in self.requests() if r.get("operation") == op]
+        if pr is not None:
+            out = [r for r in out if f"/issues/{pr}/" in r["route"] or op == "issues/update-comment"]
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@dataclass
+class Lab:
+    dir: Path
+    src: Path  # what `lepton/ci@v1` resolves to
+    standin: StandIn
+    act: str
+    wheels: Path  # lepton-ci's dependencies and build backend: the actions' pip installs run offline from it
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    act = tool("act")
+    if not shutil.which("git"):
+        pytest.fail("git is needed to run act")
+    d = tmp_path_factory.mktemp("github-actions")
+    src = copy_checkout(d / "lepton-ci")
+    wheels = d / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), f"{src}[sklearn,serve]",
+                    "setuptools>=61", "wheel"], check=True, capture_output=True, timeout=600)
+    for built in wheels.glob("lepton_ci-*.whl"):
+        built.unlink()  # the actions install lepton-ci itself from their own source (or the split test's wheel)
+    standin = StandIn(d, prs=[7, 8])
+    try:
+        yield Lab(d, src, standin, act, wheels)
+    finally:
+        standin.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_contract_violations(lab: Lab) -> Iterator[None]:
+    yield
+    assert lab.standin.violations() == [], "requests that broke GitHub's API contract"
+
+
+def make_project(lab: Lab, name: str) -> tuple[Path, str]:
+    """A copy of the example in a git repository whose origin is github.com/octo/digits; returns (repo, sha)."""
+    repo = lab.dir / name
+    repo.mkdir()
+    for f in ("lepton.yml", "train.py", ".gitignore"):
+        shutil.copy2(EXAMPLE / f, repo / f)
+    _git(repo, "init", "-q", "-b", "smaller-c")
+    _git(repo, "remote", "add", "origin", f"https://github.com/{REPO}.git")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", f"digits model ({name})")  # one commit sha per project
+    return repo, _git(repo, "rev-parse", "HEAD")
+
+
+def pull_request_event(path: Path, pr: int, sha: str) -> Path:
+    repo = {"full_name": REPO, "name": "digits", "owner": {"login": "octo"}}
+    path.write_text(json.dumps({
+        "action": "synchronize", "number": pr,
+        "pull_request": {"number": pr, "head": {"sha": sha, "ref": "smaller-c", "repo": repo},
+                         "base": {"sha": sha, "ref": "main", "repo": repo}},
+        "repository": repo,
+    }))
+    return path
+
+
+@dataclass
+class ActRun:
+    code: int
+    log: str
+    seconds: float
+    cache: Path  # act's host workspaces: it removes a job's when the job succeeds
+
+    def __repr__(self) -> str:
+        return f"ActRun(code={self.code}, {self.seconds:.0f}s, log=...{self.log[-8000:]})"
+
+
+def run_act(lab: Lab, project: Path, workflow: Path, event: Path, repos: dict[str, Path], name: str,
+            env: dict[str, str] | None = None, timeout: float = 300) -> ActRun:
+    """`act pull_request` in host mode, in `project`, with lepton's actions served from local directories."""
+    cache = lab.dir / f"act-{name}"
+    cmd = [lab.act, "pull_request", "-e", str(event), "-W", str(workflow), *ACT_FLAGS, "--action-cache-path", str(cache),
+           "-s", f"GITHUB_TOKEN={TOKEN}", "-s", f"LEPTON_CI_SIGNING_KEY={SIGNING_KEY}",
+           "--env", f"GITHUB_API_URL={lab.standin.url}"]
+    for ref, path in repos.items():
+        cmd += ["--local-repository", f"{ref}={path}"]
+    # Offline and hermetic: every pip install in the job comes from the wheelhouse (faster, too).
+    for key, value in {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(lab.wheels), **(env or {})}.items():
+        cmd += ["--env", f"{key}={value}"]
+    run_env = {k: v for k, v in os.environ.items() if PASSTHROUGH.match(k)}
+    # The actions make their venv with `python3` from PATH: the system one, not this test's venv.
+    run_env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+                                      if p and not p.startswith(sys.prefix + os.sep))
+    for key in ("no_proxy", "NO_PROXY"):
+        run_env[key] = ",".join(filter(None, [run_env.get(key), "127.0.0.1", "localhost"]))
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=project, env=run_env, capture_output=True, text=True, timeout=timeout)
+        code, log = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, log = 124, (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+    finally:
+        stop_servers(cache)
+    (lab.dir / f"act-{name}.log").write_text(log)
+    return ActRun(code, log, time.monotonic() - start, cache)
+
+
+def stop_servers(cache: Path) -> list[int]:
+    """Model servers a failed run left behind (the workflows stop theirs): terminate them by pid."""
+    stopped = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "lepton_ci.serve" in cmdline and str(cache) in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+                stopped.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    return stopped
+
+
+def step_lines(log: str, prefix: str) -> list[str]:
+    """Output lines of the job's steps that start with `prefix` (act prints them as `[wf/job]   | ...`)."""
+    return [m.group(1) for m in re.finditer(r"^\[[^\]]*\]\s+\| (.*)$", log, flags=re.M) if m.group(1).startswith(prefix)]
+
+
+def summaries(log: str) -> str:
+    """What the steps wrote to $GITHUB_STEP_SUMMARY: act echoes it as `⚙  Summary - ...` after each step."""
+    out = []
+    for m in re.finditer(r"^\[[^\]]*\]\s+⚙\s+Summary - (.*?)(?=^\[[^\]]*\] )", log, flags=re.M | re.S):
+        out.append(m.group(1))
+    return "\n".join(out)
+
+
+def assert_succeeded(run: ActRun) -> None:
+    assert run.code == 0 and "🏁  Job succeeded" in run.log, run
+    assert "Job failed" not in run.log, run
+    assert TOKEN not in run.log, "the token leaked into the job log"
+    assert SIGNING_KEY not in run.log, "the signing key leaked into the job log"
+
+
+def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
+    """docs/github-actions.md's workflow: five step actions, one sticky comment, updated on a rerun."""
+    project, sha = make_project(lab, "steps")
+    event = pull_request_event(lab.dir / "event-7.json", 7, sha)
+    workflow = WORKFLOWS / "lepton.yml"
+    repos = {"lepton/ci@v1": lab.src}
+
+    first = run_act(lab, project, workflow, event, repos, "steps-1")
+    assert_succeeded(first)
+    # One venv for the job: setup installs (and deploy adds the `serve` extra), the others reuse it.
+    assert len(re.findall(r"Install lepton-ci \(source [0-9a-f]+\) into ", first.log)) <= 2, first
+    assert len(step_lines(first.log, "lepton-ci: reusing ")) >= 4, first
+    # The outputs reach a later step.
+    outputs = step_lines(first.log, "lepton outputs: ")
+    assert len(outputs) == 1, first
+    m = re.fullmatch(r"lepton outputs: version=(\d+) verdict=(\w+) endpoint=(http://127\.0\.0\.1:\d+) "
+                     r"comment=(\S+/octo/digits/pull/7#issuecomment-(\d+))", outputs[0])
+    assert m and m.group(1) == "1" and m.group(2) == "pass", outputs
+    # The job summary holds the report and the line the workflow added.
+    summary = summaries(first.log)
+    assert "<!-- lepton-ci:report model=digits -->" in summary and "gate passed" in summary, first
+    assert re.search(r"digits v1 \(sha256:[0-9a-f]{64}\): gate pass", summary), first
+    # The local deployment was stopped by the workflow's last step.
+    assert step_lines(first.log, "digits v1 on local: stopped"), first
+
+    created = lab.standin.calls("issues/create-comment", pr=7)
+    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY), created
+    comments = lab.standin.comments(7)
+    assert [c["id"] for c in comments] == [int(m.group(5))]
+    statuses = [r for r in lab.standin.calls("repos/create-commit-status") if r["route"].endswith(sha)]
+    assert [(s["route"].rsplit("/", 1)[1], s["body"]["state"]) for s in statuses] == [(sha, "success")]
+    assert all(r["auth"] == "Bearer" for r in lab.standin.requests())
+
+    rerun = run_act(lab, project, workflow, event, repos, "steps-2")
+    assert_succeeded(rerun)
+    assert len(lab.standin.calls("issues/create-comment", pr=7)) == 1, "a rerun must not add a second comment"
+    updated = [r for r in lab.standin.calls("issues/update-comment")
+               if r["route"].endswith(f"/issues/comments/{comments[0]['id']}")]
+    assert len(updated) == 1, updated
+    after = lab.standin.comments(7)
+    assert len(after) == 1 and after[0]["id"] == comments[0]["id"] and after[0]["body"].startswith(STICKY)
+    assert after[0]["body"] != comments[0]["body"]  # the new run's report (another run id)
+    assert step_lines(rerun.log, "lepton-ci: comment updated: ")
+
+    # A push that fails the gate: the job fails, tag and deploy are skipped, the report still updates the
+    # one comment, the commit gets a failure status and the failed rule an annotation on its line.
+    config = project / "lepton.yml"
+    config.write_text(config.read_text().replace("min: 0.90", "min: 0.999"))
+    _git(project, "commit", "-qam", "demand more")
+    sha2 = _git(project, "rev-parse", "HEAD")
+    failing = run_act(lab, project, workflow, pull_request_event(lab.dir / "event-7b.json", 7, sha2), repos, "steps-3")
+    assert failing.code != 0 and "🏁  Job failed" in failing.log, failing
+    assert TOKEN not in failing.log
+    assert re.search(r"Failure - Main Gate", failing.log) and "Main Tag" not in failing.log, failing
+    assert "Main Deploy" not in failing.log and "Main Stop the local deployment" not in failing.log, failing
+    assert re.search(r"Success - Main Report", failing.log), failing
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "min: 0.999" in text) - 1
+    assert re.search(rf"::error file=lepton\.yml,line={line},title=lepton-ci gate%3A eval\.accuracy min::", failing.log), failing
+    assert step_lines(failing.log, "lepton outputs: version= verdict=fail endpoint= comment="), failing
+    assert len(lab.standin.calls("issues/create-comment", pr=7)) == 1
+    final = lab.standin.comments(7)
+    assert len(final) == 1 and "gate failed" in final[0]["body"], final
+    failed = [r["body"]["state"] for r in lab.standin.calls("repos/create-commit-status") if r["route"].endswith(sha2)]
+    assert failed == ["failure"], failed
+    print(f"\nact: first run {first.seconds:.1f}s, rerun {rerun.seconds:.1f}s, failing gate {failing.seconds:.1f}s")
+
+
+def test_umbrella_action_runs_the_whole_pipeline(lab: Lab) -> None:
+    """`uses: lepton/ci@v1` with `step: run`: all five steps in one action, outputs and the comment."""
+    project, sha = make_project(lab, "umbrella")
+    event = pull_request_event(lab.dir / "event-8.json", 8, sha)
+    run = run_act(lab, project, WORKFLOWS / "lepton-pipeline.yml", event, {"lepton/ci@v1": lab.src}, "umbrella")
+    assert_succeeded(run)
+    outputs = step_lines(run.log, "lepton outputs: ")
+    assert len(outputs) == 1 and re.fullmatch(
+        r"lepton outputs: steps=train:ok,gate:ok,tag:ok,deploy:ok,report:ok version=1 verdict=pass "
+        r"comment=\S+/octo/digits/pull/8#issuecomment-\d+", outputs[0]), run
+    assert step_lines(run.log, "C=0.5 accuracy="), run  # train.py saw the `params` input
+    created = lab.standin.calls("issues/create-comment", pr=8)
+    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY)
+    assert len(lab.standin.comments(8)) == 1
+    assert "<!-- lepton-ci:report model=digits -->" in summaries(run.log)
+    print(f"\nact: umbrella run {run.seconds:.1f}s")
+
+
+def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> None:
+    """scripts/release on a copy of this checkout: v0.x.y tags, the major tag moves, and the split
+    repositories run under act with `uses: lepton/<step>@vN`, installing the pinned release."""
+    repo = copy_checkout(lab.dir / "release")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "release")
+    init = repo / "lepton_ci" / "__init__.py"
+    version = re.search(r'^__version__ = "([^"]+)"', init.read_text(), flags=re.M).group(1)
+    major_n, minor, patch = (int(x) for x in version.split("."))
+    major = f"v{major_n}"
+    _git(repo, "tag", "-a", f"v{version}", "-m", f"lepton-ci {version}")
+    remote = lab.dir / "remotes"
+    for name in ("ci", "setup", "train", "gate", "tag", "deploy", "report"):
+        _git(lab.dir, "init", "-q", "--bare", str(remote / f"{name}.git"))
+    split = lab.dir / "split"
+
+    def release(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "release"), "-C", str(repo), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    bad = release("--tag", f"v{major_n}.{minor}.{patch + 5}")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr, bad
+    first = release("--push", str(remote / "ci.git"), "--split", str(split), "--split-remote", str(remote))
+    assert first.returncode == 0, first
+    v1 = _git(repo, "rev-parse", f"v{version}^{{commit}}")
+    assert _git(repo, "rev-parse", f"{major}^{{commit}}") == v1
+    assert _git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v1
+
+    # The next release moves the major tag (locally, on the remote, and in every split repository).
+    nxt = f"{major_n}.{minor}.{patch + 1}"
+    init.write_text(init.read_text().replace(f'__version__ = "{version}"', f'__version__ = "{nxt}"'))
+    _git(repo, "commit", "-qam", f"lepton-ci {nxt}")
+    wrong = f"v{major_n}.{minor}.{patch + 2}"
+    _git(repo, "tag", wrong)
+    mismatch = release("--tag", wrong)
+    assert mismatch.returncode == 2 and "does not match" in mismatch.stderr, mismatch
+    _git(repo, "tag", "-d", wrong)
+    _git(repo, "tag", "-a", f"v{nxt}", "-m", f"lepton-ci {nxt}")
+    second = release("--push", str(remote / "ci.git"), "--split", str(split), "--split-remote", str(remote))
+    assert second.returncode == 0, second
+    v2 = _git(repo, "rev-parse", "HEAD")
+    assert _git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v2 != v1
+    for step in ("setup", "train", "gate", "tag", "deploy", "report"):
+        files = sorted(p.name for p in (split / step).iterdir() if p.name != ".git")
+        assert files[:2] == ["README.md", "action.yml"], files
+        tags = set(_git(remote / f"{step}.git", "tag", "--list").split())
+        assert {f"v{version}", f"v{nxt}", major} <= tags, (step, tags)
+        action = (split / step / "action.yml").read_text()
+        assert f'default: "{nxt}"' in action and f"from lepton/ci actions/{step} at v{nxt}" in action
+    again = release("--split", str(split))  # idempotent: same content under the same tags
+    assert again.returncode == 0, again
+
+    # Standalone: act resolves lepton/<step>@vN to the split repositories; the release comes from a wheel
+    # built from the release commit (lepton-ci is not on PyPI), found through PIP_FIND_LINKS.
+    wheels = lab.dir / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(repo)],
+                   check=True, capture_output=True, timeout=300)
+    assert list(wheels.glob(f"lepton_ci-{nxt}-*.whl"))
+    workflow = lab.dir / "split-workflow" / "lepton.yml"
+    workflow.parent.mkdir()
+    workflow.write_text(SPLIT_WORKFLOW.replace("@vN", f"@{major}"))
+    project, sha = make_project(lab, "split-project")
+    event = pull_request_event(lab.dir / "event-split.json", 7, sha)
+    pip_links = f"{wheels} {lab.wheels}"
+    run = run_act(lab, project, workflow, event, {f"lepton/{s}@{major}": split / s for s in
+                                                   ("setup", "train", "gate", "tag", "deploy", "report")},
+                  "split", env={"PIP_FIND_LINKS": pip_links})
+    assert_succeeded(run)
+    assert f"Install lepton-ci (release {nxt}) into " in run.log, run
+    assert "(source " not in run.log, run
+    outputs = step_lines(run.log, "split outputs: ")
+    assert len(outputs) == 1 and re.fullmatch(rf"split outputs: installed={re.escape(nxt)} run=\S+ verdict=pass "
+                                              r"version=1 report=\S+lepton-report\.md", outputs[0]), run
+    print(f"\nact: split actions run {run.seconds:.1f}s")
+
+
+SPLIT_WORKFLOW = """\
+name: lepton-split
+on:
+  pull_request:
+permissions: {}
+jobs:
+  model:
+    runs-on: [self-hosted, gpu]
+    permissions:
+      contents: read
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - id: setup
+        uses: lepton/setup@vN
+        with:
+          extras: sklearn
+      - id: train
+        uses: lepton/train@vN
+      - id: gate
+        uses: lepton/gate@vN
+        with:
+          baseline: none
+      - id: tag
+        uses: lepton/tag@vN
+        with:
+          aliases: candidate
+      - id: report
+        uses: lepton/report@vN
+        with:
+          post: "false"
+      - env:
+          INSTALLED: ${{ steps.setup.outputs.lepton-ci-version }}
+          RUN_ID: ${{ steps.train.outputs.run-id }}
+          VERDICT: ${{ steps.gate.outputs.verdict }}
+          VERSION: ${{ steps.tag.outputs.version }}
+          REPORT: ${{ steps.report.outputs.report-path }}
+        run: |
+          echo "split outputs: installed=$INSTALLED run=$RUN_ID verdict=$VERDICT version=$VERSION report=$REPORT"
+"""
