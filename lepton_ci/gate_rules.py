@@ -11,10 +11,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 VALUE_RULES = ("min", "max")
 CHANGE_RULES = ("max_drop", "max_drop_pct")
+
+
+def _at_most(value: float, limit: float) -> bool:
+    """Inclusive bound on a computed change. 0.90 - 0.88 is 0.020000000000000018 in binary floating point:
+    a user who wrote `max_drop: 0.02` means that drop to pass, so rounding noise is absorbed."""
+    return value <= limit or math.isclose(value, limit, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _result(metric: str, rule: str, threshold: Any, observed: Any, baseline: Any, delta: Any, passed: bool,
@@ -56,7 +63,7 @@ def evaluate_rule(rule: dict[str, Any], candidate: dict[str, Any], baseline: dic
         else:
             worse = -delta if direction == "higher" else delta  # > 0 means the candidate got worse
             if kind == "max_drop":
-                ok = worse <= t
+                ok = _at_most(worse, t)
                 what = f"drop {worse:g}" if worse > 0 else f"gain {-worse:g}" if worse < 0 else "no change"
                 results.append(_result(metric, kind, t, observed, base, delta, ok,
                                        f"{what} {'<=' if ok else '>'} max_drop {t:g}" if worse > 0 else f"{what}", direction))
@@ -67,7 +74,7 @@ def evaluate_rule(rule: dict[str, Any], candidate: dict[str, Any], baseline: dic
             else:
                 pct = delta / abs(base) * 100.0
                 worse_pct = -pct if direction == "higher" else pct
-                ok = worse_pct <= t
+                ok = _at_most(worse_pct, t)
                 what = f"drop {worse_pct:.3g}%" if worse_pct > 0 else f"gain {-worse_pct:.3g}%" if worse_pct < 0 else "no change"
                 results.append(_result(metric, kind, t, observed, base, delta, ok,
                                        f"{what} {'<=' if ok else '>'} max_drop_pct {t:g}%" if worse_pct > 0 else what, direction))

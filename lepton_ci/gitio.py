@@ -77,14 +77,15 @@ def read_files_at(rev: str, paths: list[Path], cwd: Path) -> dict[Path, bytes | 
     buf, pos = proc.stdout, 0
     for p in paths:
         end = buf.index(b"\n", pos)
-        header = buf[pos:end].split()
+        line = buf[pos:end]
         pos = end + 1
-        if len(header) == 3 and header[1] == b"blob":
-            size = int(header[2])
-            out[p] = buf[pos:pos + size]
-            pos += size + 1
-        else:  # "<obj> missing", or a tree/submodule where a file was expected
-            if len(header) == 3:
-                pos += int(header[2]) + 1
-            out[p] = None
+        # "<object> missing" / "<object> ambiguous" echo the request, which may hold spaces: test the end.
+        if line.endswith((b" missing", b" ambiguous")):
+            out.setdefault(p, None)
+            continue
+        _oid, kind, size = line.rsplit(b" ", 2)
+        blob = buf[pos:pos + int(size)]
+        pos += int(size) + 1
+        out[p] = blob if kind == b"blob" else out.get(p)  # a tree or submodule where a file was expected
+    return out
     return out

@@ -18,8 +18,8 @@ def read_revision(rev: str, files: list[str], base: Path, notes: list[str]) -> d
             full = p if p.is_absolute() else base / p
             contents[p] = full.read_bytes() if full.is_file() else None
     else:
-        contents = read_files_at(rev, [p if p.is_absolute() else base / p for p in paths], base)
-        contents = dict(zip(paths, contents.values()))
+        at_rev = read_files_at(rev, [p if p.is_absolute() else base / p for p in paths], base)
+        contents = {p: at_rev[p if p.is_absolute() else base / p] for p in paths}
     out: dict[str, dict[str, Number] | None] = {}
     for f, p in zip(files, paths):
         blob = contents[p]

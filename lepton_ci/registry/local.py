@@ -54,21 +54,36 @@ class LocalRegistry:
         self.url = f"file://{self.root}"
         marker = self.root / MARKER
         if marker.is_file():
-            try:
-                info = json.loads(marker.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RegistryError(f"{marker} is damaged (not JSON); is this a lepton-ci registry?") from None
-            if info.get("kind") != "lepton-registry":
-                raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {info.get('kind')!r})")
+            self._check_marker(marker)
             return
         if self.root.exists() and not self.root.is_dir():
             raise RegistryError(f"{self.root} is not a lepton-ci registry (it is a file, expected a directory)")
-        if self.root.is_dir() and any(self.root.iterdir()):
+        if self.root.is_dir() and self._foreign_entries():
+            if marker.is_file():  # another process created the registry while we looked
+                self._check_marker(marker)
+                return
             raise RegistryError(f"{self.root} is not a lepton-ci registry (no {MARKER}; refusing to write into it)")
         if not create:
             raise RegistryError(f"no registry at {self.root} (run `lepton-ci tag` to create one, or check --registry)")
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"kind": "lepton-registry", "schema_version": 1, "created": utcnow()})
+        try:  # exclusive: of two jobs creating the registry at once, one writes the marker, both use it
+            atomic_write_json(marker, {"kind": "lepton-registry", "schema_version": 1, "created": utcnow()},
+                              exclusive=True)
+        except FileExistsError:
+            self._check_marker(marker)
+
+    def _check_marker(self, marker: Path) -> None:
+        try:
+            info = json.loads(marker.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RegistryError(f"{marker} is damaged (not JSON); is this a lepton-ci registry?") from None
+        if info.get("kind") != "lepton-registry":
+            raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {info.get('kind')!r})")
+
+    def _foreign_entries(self) -> list[str]:
+        """Entries other than the marker being written: what makes a directory someone else's."""
+        return [p.name for p in self.root.iterdir()
+                if p.name != MARKER and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))]
 
     # --- paths and validation -------------------------------------------------------------------------
 
@@ -167,9 +182,18 @@ class LocalRegistry:
                 raise RegistryError(f"model {name!r} has no version {n} (versions: 1..{numbers[-1]})")
             return self._read_version(name, n)
         if text.startswith("sha256:"):
-            for v in self.versions(name):
-                if v.digest == text or v.digest.startswith(text):
-                    return v
+            found = self.versions(name)
+            exact = [v for v in found if v.digest == text]
+            if exact:
+                return exact[0]
+            if len(text) < len("sha256:") + 4:
+                raise RegistryError(f"digest prefix {text!r} is too short (give at least 4 hex digits after sha256:)")
+            matches = [v for v in found if v.digest.startswith(text)]
+            if len(matches) > 1:
+                which = ", ".join(f"v{v.version}" for v in matches)
+                raise RegistryError(f"digest prefix {text} of model {name!r} is ambiguous ({which}); give more digits")
+            if matches:
+                return matches[0]
             raise RegistryError(f"model {name!r} has no version with digest {text}")
         aliases = self.aliases(name)
         if text in aliases:
