@@ -162,11 +162,28 @@ def _line_for(lines: dict[KeyPath, int], path: KeyPath) -> int:
     return lines.get(path, 1)
 
 
-def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
-    from jsonschema import Draft202012Validator
+def _passes_fast_check(data: Any) -> bool:
+    """The generated checker (scripts/gen-schema-check) accepts a valid config in about a millisecond;
+    jsonschema's import alone costs tens of milliseconds on every command, so it only runs to explain
+    a failure. Disagreement can only cost time: jsonschema has the last word."""
+    from fastjsonschema import JsonSchemaException
 
+    from lepton_ci.schemas.lepton_schema_check import validate as check
+
+    try:
+        check(data)
+    except JsonSchemaException:
+        return False
+    return True
+
+
+def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {_describe(data)}", where=f"{filename}:1")
+    if _passes_fast_check(data):
+        return
+    from jsonschema import Draft202012Validator
+
     validator = Draft202012Validator(load_schema())
     errors = list(validator.iter_errors(data))
     if not errors:

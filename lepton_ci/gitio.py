@@ -57,35 +57,44 @@ def resolve_rev(rev: str, cwd: Path) -> str:
 
 
 def read_files_at(rev: str, paths: list[Path], cwd: Path) -> dict[Path, bytes | None]:
-    """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one."""
-    root = repo_root(cwd)
-    if root is None:
-        raise UserError(f"{cwd} is not inside a git repository; cannot read revision {rev!r}")
-    commit = resolve_rev(rev, cwd)
-    rel = []
-    for p in paths:
-        absolute = (cwd / p).resolve() if not p.is_absolute() else p
-        try:
-            rel.append(absolute.relative_to(root.resolve()).as_posix())
-        except ValueError:
-            raise UserError(f"{p} is outside the git repository {root}") from None
-    request = "".join(f"{commit}:{r}\n" for r in rel).encode()
-    proc = subprocess.run(["git", "cat-file", "--batch"], cwd=root, input=request, capture_output=True)
+    """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one.
+
+    One `git cat-file --batch` process answers everything: the first request is the revision itself
+    (so an unknown revision is told apart from a missing file), the rest are `REV:./PATH`, which git
+    resolves against cwd. Each extra git process would cost a few milliseconds per call."""
+    if "\n" in rev or any("\n" in str(p) for p in paths):
+        raise UserError("git revisions and metrics paths must not contain line breaks")
+    rel = [os.path.relpath(p if p.is_absolute() else cwd / p, cwd) for p in paths]
+    request = f"{rev}^{{commit}}\n" + "".join(f"{rev}:./{r}\n" for r in rel)
+    try:
+        proc = subprocess.run(["git", "cat-file", "--batch"], cwd=cwd, input=request.encode(), capture_output=True)
+    except FileNotFoundError:
+        raise UserError("git is not installed (needed to read revisions)") from None
     if proc.returncode != 0:
-        raise UserError(f"git cat-file failed: {proc.stderr.decode(errors='replace').strip()}")
-    out: dict[Path, bytes | None] = {}
+        err = proc.stderr.decode(errors="replace").strip()
+        if "not a git repository" in err:
+            raise UserError(f"{cwd} is not inside a git repository; cannot read revision {rev!r}")
+        m = re.search(r"'\./(.*)' is outside repository at '(.*)'", err)
+        if m:
+            raise UserError(f"{m.group(1)} is outside the git repository {m.group(2)}")
+        raise UserError(f"git cat-file failed: {err.splitlines()[-1] if err else proc.returncode}")
     buf, pos = proc.stdout, 0
-    for p in paths:
+    answers: list[bytes | None] = []
+    for _ in range(len(paths) + 1):
         end = buf.index(b"\n", pos)
         line = buf[pos:end]
         pos = end + 1
         # "<object> missing" / "<object> ambiguous" echo the request, which may hold spaces: test the end.
         if line.endswith((b" missing", b" ambiguous")):
-            out.setdefault(p, None)
+            answers.append(None)
             continue
         _oid, kind, size = line.rsplit(b" ", 2)
-        blob = buf[pos:pos + int(size)]
+        answers.append(buf[pos:pos + int(size)] if kind == b"blob" else b"" if kind == b"commit" else None)
         pos += int(size) + 1
-        out[p] = blob if kind == b"blob" else out.get(p)  # a tree or submodule where a file was expected
-    return out
+    if answers[0] is None:
+        raise UserError(f"unknown git revision {rev!r} (expected a branch, tag, commit or 'workspace')")
+    out: dict[Path, bytes | None] = {}
+    for p, blob in zip(paths, answers[1:]):
+        if out.get(p) is None:
+            out[p] = blob
     return out

@@ -1,42 +1,76 @@
-"""Metrics of the same files at two revisions (or the workspace), read in one git call per revision."""
+"""Metrics of the same files at two revisions (or the workspace), read in one git call per revision.
+
+The git reads run on threads while the workspace side is parsed (the child process does its work
+outside the GIL), and content that is identical on both sides is parsed once: `metrics diff` is a
+command people run in a loop, and it is mostly start-up, git and parsing."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from lepton_ci.errors import UserError
 from lepton_ci.gitio import WORKSPACE, read_files_at
 from lepton_ci.metrics import MetricsDiff, Number, diff_metrics, parse_metrics
 
+Contents = dict[str, bytes | None]
 
-def read_revision(rev: str, files: list[str], base: Path, notes: list[str]) -> dict[str, dict[str, Number] | None]:
-    """Flat metrics per file at `rev`; a file that is missing or unreadable there becomes None plus a note."""
+
+def read_contents(rev: str, files: list[str], base: Path) -> Contents:
+    """Raw bytes of each file at `rev` (or in the workspace); None where it is missing."""
     paths = [Path(f) for f in files]
+    full = [p if p.is_absolute() else base / p for p in paths]
     if rev == WORKSPACE:
-        contents: dict[Path, bytes | None] = {}
-        for p in paths:
-            full = p if p.is_absolute() else base / p
-            contents[p] = full.read_bytes() if full.is_file() else None
-    else:
-        at_rev = read_files_at(rev, [p if p.is_absolute() else base / p for p in paths], base)
-        contents = {p: at_rev[p if p.is_absolute() else base / p] for p in paths}
+        return {f: p.read_bytes() if p.is_file() else None for f, p in zip(files, full)}
+    at_rev = read_files_at(rev, full, base)
+    return {f: at_rev[p] for f, p in zip(files, full)}
+
+
+def parse_contents(rev: str, contents: Contents, notes: list[str],
+                   parsed: dict[tuple[str, bytes], dict[str, Number] | None] | None = None,
+                   ) -> dict[str, dict[str, Number] | None]:
+    """Flat metrics per file; a missing or unreadable file becomes None plus a note. `parsed` memoizes
+    by (file, content) so the other side's identical files cost nothing."""
+    parsed = {} if parsed is None else parsed
     out: dict[str, dict[str, Number] | None] = {}
-    for f, p in zip(files, paths):
-        blob = contents[p]
+    for f, blob in contents.items():
         if blob is None:
             notes.append(f"{f}: missing at {rev}")
             out[f] = None
             continue
+        key = (f, blob)
+        if key in parsed and parsed[key] is not None:
+            out[f] = parsed[key]
+            continue
         try:
-            out[f] = parse_metrics(blob, f)
+            out[f] = parsed[key] = parse_metrics(blob, f)
         except UserError as exc:
             notes.append(f"{rev}: {exc}")
             out[f] = None
     return out
 
 
+def read_revision(rev: str, files: list[str], base: Path, notes: list[str]) -> dict[str, dict[str, Number] | None]:
+    """Flat metrics per file at `rev`; a file that is missing or unreadable there becomes None plus a note."""
+    return parse_contents(rev, read_contents(rev, files, base), notes)
+
+
 def diff_revisions(a: str, b: str, files: list[str], base: Path) -> MetricsDiff:
-    notes: list[str] = []
-    old = read_revision(a, files, base, notes)
-    new = read_revision(b, files, base, notes)
-    return diff_metrics(a, old, b, new, notes)
+    files = list(dict.fromkeys(files))  # a file named twice is compared once
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: dict[str, Future[Contents]] = {
+            rev: pool.submit(read_contents, rev, files, base) for rev in dict.fromkeys((a, b)) if rev != WORKSPACE}
+        workspace = read_contents(WORKSPACE, files, base) if WORKSPACE in (a, b) else None
+        parsed: dict[tuple[str, bytes], dict[str, Number] | None] = {}
+        notes_a: list[str] = []
+        notes_b: list[str] = []
+        if workspace is not None:  # parse while git works
+            ws_notes = notes_a if a == WORKSPACE else notes_b
+            ws_metrics = parse_contents(WORKSPACE, workspace, ws_notes, parsed)
+        side = {rev: future.result() for rev, future in pending.items()}
+    old = ws_metrics if a == WORKSPACE else parse_contents(a, side[a], notes_a, parsed)
+    if b == a:
+        new, notes_b = old, list(notes_a)
+    else:
+        new = ws_metrics if b == WORKSPACE else parse_contents(b, side[b], notes_b, parsed)
+    return diff_metrics(a, old, b, new, notes_a + notes_b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,10 @@ def config_from(ctx: click.Context, required: bool = True) -> Config | None:
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Indented for a terminal; compact otherwise, which lets json use its C encoder (several times
+    faster on a diff of thousands of metrics)."""
+    indent = 2 if sys.stdout.isatty() else None
+    click.echo(json.dumps(data, indent=indent, ensure_ascii=False))
 
 
 def path_option(*names: str, help: str) -> Any:

@@ -20,11 +20,12 @@ def metrics_group() -> None:
 @click.option("-t", "--targets", multiple=True, metavar="PATH", help="Metrics files to compare (default: train.metrics).")
 @click.option("--md", "markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--precision", type=click.IntRange(0, 12), default=5, show_default=True, help="Digits after the point.")
+@click.option("--precision", type=click.IntRange(0, 12), default=None,
+              help="Digits after the point [default: 5 in tables; --json gives full precision unless set].")
 @click.option("--all", "show_all", is_flag=True, help="Show unchanged metrics too.")
 @click.pass_context
 def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markdown: bool, as_json: bool,
-             precision: int, show_all: bool) -> None:
+             precision: int | None, show_all: bool) -> None:
     """Compare metrics between revisions A (default HEAD) and B (default: the workspace).
 
     A and B are git revisions or the word `workspace`.
@@ -49,6 +50,6 @@ def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markd
     if as_json:
         echo_json(result.to_json(show_all, precision))
     elif markdown:
-        click.echo(format_markdown(result, show_all, precision))
+        click.echo(format_markdown(result, show_all, 5 if precision is None else precision))
     else:
-        click.echo(format_table(result, show_all, precision))
+        click.echo(format_table(result, show_all, 5 if precision is None else precision))

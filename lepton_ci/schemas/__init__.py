@@ -1,0 +1,1 @@
+"""The shipped JSON Schema of lepton.yml and its generated fast checker."""
