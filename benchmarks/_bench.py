@@ -18,6 +18,7 @@ from typing import Sequence
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DVC_VENV = BENCH_DIR / ".venv-dvc"
+LEPTON_VENV = BENCH_DIR / ".venv-lepton"
 
 
 class SetupError(Exception):
@@ -44,7 +45,12 @@ def bench_env() -> dict[str, str]:
 
 
 def find_lepton(explicit: str | None) -> Path:
-    """The lepton-ci under test: --lepton PATH, else the repo's .venv, else PATH."""
+    """The lepton-ci under test: --lepton PATH, else this checkout installed as users get it.
+
+    The default is a regular (non-editable) install of this checkout into benchmarks/.venv-lepton,
+    refreshed on every run: byte-compiled like any pip install, as DVC is. The repo's .venv holds an
+    editable install, whose import hook and (under PYTHONDONTWRITEBYTECODE) uncompiled sources would
+    time the development set-up instead of the tool."""
     if explicit:
         p = Path(explicit).expanduser()
         if not p.exists():
@@ -53,15 +59,22 @@ def find_lepton(explicit: str | None) -> Path:
                 raise SetupError(f"--lepton {explicit}: no such file")
             p = Path(found)
         return p.resolve() if p.is_absolute() else p.absolute()
-    venv = REPO_ROOT / ".venv" / "bin" / "lepton-ci"
-    if venv.exists():
-        return venv
-    found = shutil.which("lepton-ci")
-    if found:
-        return Path(found)
-    raise SetupError(
-        f"lepton-ci not found: neither {venv} nor `lepton-ci` on PATH; pass --lepton PATH"
-    )
+    python = LEPTON_VENV / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    try:
+        if not python.exists():
+            print(f"[setup] creating {LEPTON_VENV} ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(LEPTON_VENV)], check=True)
+            subprocess.run(pip + [str(REPO_ROOT)], check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+        print(f"[setup] installing this checkout into {LEPTON_VENV} ...", file=sys.stderr)
+        subprocess.run(pip + ["--no-deps", "--force-reinstall", str(REPO_ROOT)], check=True,
+                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SetupError(f"could not install lepton-ci into {LEPTON_VENV}: {exc}") from exc
+    exe = LEPTON_VENV / "bin" / "lepton-ci"
+    if not exe.exists():
+        raise SetupError(f"pip install did not create {exe}")
+    return exe
 
 
 def find_dvc(explicit: str | None, install: bool = True) -> Path:
