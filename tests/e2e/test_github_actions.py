@@ -32,6 +32,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.tools import github_actions_tool
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,15 +51,7 @@ PASSTHROUGH = re.compile(r"^(HOME|LANG|LC_\w+|TMPDIR|USER|PIP_\w+|\w*CA_BUNDLE|\
                          r"https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)$")
 
 
-def tool(name: str) -> str:
-    """A test tool from the project venv or PATH: a missing one skips, but fails under scripts/test and CI."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} is missing: scripts/test installs it (scripts/deps/20-github-actions.sh)"
-    if os.environ.get("CI") == "true" or os.environ.get("LEPTON_GITHUB_ACTIONS_TOOLS"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+tool = github_actions_tool
 
 
 def _git(repo: Path, *args: str) -> str:

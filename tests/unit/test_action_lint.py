@@ -17,14 +17,13 @@ scripts/test or CI=true, where a missing tool fails.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.tools import github_actions_tool
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,14 +51,7 @@ rules:
 EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.S)
 
 
-def tool(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} is missing: scripts/test installs it (scripts/deps/20-github-actions.sh)"
-    if os.environ.get("CI") == "true" or os.environ.get("LEPTON_GITHUB_ACTIONS_TOOLS"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+tool = github_actions_tool
 
 
 def run(*cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

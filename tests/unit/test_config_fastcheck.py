@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
