@@ -6,6 +6,7 @@ Each benchmark script imports this module; run the scripts as
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
@@ -44,6 +45,26 @@ def bench_env() -> dict[str, str]:
     return env
 
 
+def explicit_tool(flag: str, value: str) -> Path:
+    """The executable a --lepton/--dvc flag names: a path, else a command on PATH."""
+    p = Path(value).expanduser()
+    if p.exists():
+        return p
+    found = shutil.which(value)
+    if not found:
+        raise SetupError(f"{flag} {value}: no such file")
+    return Path(found)
+
+
+def add_common_arguments(ap: argparse.ArgumentParser, runs: int) -> None:
+    """The options every benchmark script takes (run_all.sh passes them to each)."""
+    ap.add_argument("--lepton", metavar="PATH",
+                    help="lepton-ci executable (default: this checkout installed into benchmarks/.venv-lepton)")
+    ap.add_argument("--dvc", metavar="PATH", help="dvc executable (default: benchmarks/.venv-dvc, installed if missing)")
+    ap.add_argument("-n", "--runs", type=int, default=runs, help=f"timed runs per command (default {runs})")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+
+
 def find_lepton(explicit: str | None) -> Path:
     """The lepton-ci under test: --lepton PATH, else this checkout installed as users get it.
 
@@ -52,23 +73,18 @@ def find_lepton(explicit: str | None) -> Path:
     editable install, whose import hook and (under PYTHONDONTWRITEBYTECODE) uncompiled sources would
     time the development set-up instead of the tool."""
     if explicit:
-        p = Path(explicit).expanduser()
-        if not p.exists():
-            found = shutil.which(explicit)
-            if not found:
-                raise SetupError(f"--lepton {explicit}: no such file")
-            p = Path(found)
+        p = explicit_tool("--lepton", explicit)
         return p.resolve() if p.is_absolute() else p.absolute()
     python = LEPTON_VENV / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    compiled = {**os.environ, "PYTHONDONTWRITEBYTECODE": ""}  # pip byte-compiles, as for any user
     try:
         if not python.exists():
             print(f"[setup] creating {LEPTON_VENV} ...", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "venv", str(LEPTON_VENV)], check=True)
-            subprocess.run(pip + [str(REPO_ROOT)], check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+            subprocess.run(pip + [str(REPO_ROOT)], check=True, env=compiled)
         print(f"[setup] installing this checkout into {LEPTON_VENV} ...", file=sys.stderr)
-        subprocess.run(pip + ["--no-deps", "--force-reinstall", str(REPO_ROOT)], check=True,
-                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+        subprocess.run(pip + ["--no-deps", "--force-reinstall", str(REPO_ROOT)], check=True, env=compiled)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise SetupError(f"could not install lepton-ci into {LEPTON_VENV}: {exc}") from exc
     exe = LEPTON_VENV / "bin" / "lepton-ci"
@@ -80,13 +96,7 @@ def find_lepton(explicit: str | None) -> Path:
 def find_dvc(explicit: str | None, install: bool = True) -> Path:
     """DVC: --dvc PATH, else benchmarks/.venv-dvc/bin/dvc (created with pip if missing)."""
     if explicit:
-        p = Path(explicit).expanduser()
-        if not p.exists():
-            found = shutil.which(explicit)
-            if not found:
-                raise SetupError(f"--dvc {explicit}: no such file")
-            p = Path(found)
-        return p.absolute()
+        return explicit_tool("--dvc", explicit).absolute()
     dvc = DVC_VENV / "bin" / "dvc"
     if dvc.exists():
         return dvc

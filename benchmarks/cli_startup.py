@@ -38,10 +38,7 @@ def interpreter_of(script: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lepton", metavar="PATH", help="lepton-ci executable (default: repo .venv, else PATH)")
-    ap.add_argument("--dvc", metavar="PATH", help="dvc executable (default: benchmarks/.venv-dvc, installed if missing)")
-    ap.add_argument("-n", "--runs", type=int, default=15, help="timed runs per command (default 15)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    _bench.add_common_arguments(ap, runs=15)
     ap.add_argument("--max-seconds", type=float, default=0.15, help="absolute target for lepton-ci (default 0.15)")
     ap.add_argument("--max-ratio", type=float, default=0.5, help="target lepton-ci / dvc ratio (default 0.5)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the informational `python -c pass` row")

@@ -312,10 +312,7 @@ def run_json(cmd: list[str], cwd: Path, tool: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lepton", metavar="PATH", help="lepton-ci executable (default: repo .venv, else PATH)")
-    ap.add_argument("--dvc", metavar="PATH", help="dvc executable (default: benchmarks/.venv-dvc, installed if missing)")
-    ap.add_argument("-n", "--runs", type=int, default=5, help="timed runs per command (default 5)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    _bench.add_common_arguments(ap, runs=5)
     ap.add_argument("--files", type=int, default=50, help="metrics files (default 50)")
     ap.add_argument("--keys", type=int, default=200, help="numeric metrics per file (default 200)")
     ap.add_argument("--seed", type=int, default=1234, help="random seed for the generated data")

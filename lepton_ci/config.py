@@ -44,6 +44,10 @@ def _yaml_loader(text: str):
     return loader_cls(text)
 
 
+def _yaml_problem(exc: Exception) -> str:
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+
+
 def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, int]]:
     """Parse YAML into plain data plus a map from key path to 1-based line number."""
     import yaml
@@ -54,8 +58,7 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f"{mark.line + 1}" if mark is not None else "1"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"not valid YAML: {problem}", where=f"{filename}:{line}") from None
+        raise ConfigError(f"not valid YAML: {_yaml_problem(exc)}", where=f"{filename}:{line}") from None
     finally:
         loader.dispose()
     lines: dict[KeyPath, int] = {}
@@ -69,25 +72,24 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
             try:
                 loader.flatten_mapping(n)  # resolve `<<:` merge keys, as yaml.safe_load would
             except yaml.YAMLError as exc:
-                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-                raise ConfigError(f"bad merge key: {problem}", where=f"{filename}:{n.start_mark.line + 1}") from None
+                raise ConfigError(f"bad merge key: {_yaml_problem(exc)}", where=f"{filename}:{n.start_mark.line + 1}") from None
             merged = len(n.value) - own  # flatten_mapping puts merged pairs first; own keys override them
             out: dict[Any, Any] = {}
-            merged_from: dict[Any, int] = {}
+            own_keys: set[Any] = set()
             for index, (key_node, value_node) in enumerate(n.value):
                 try:
                     key = loader.construct_object(key_node, deep=True)
                 except yaml.YAMLError as exc:
-                    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-                    raise ConfigError(f"bad key: {problem}", where=f"{filename}:{key_node.start_mark.line + 1}") from None
+                    raise ConfigError(f"bad key: {_yaml_problem(exc)}", where=f"{filename}:{key_node.start_mark.line + 1}") from None
                 if not isinstance(key, (str, int, float, bool)):
                     raise ConfigError("mapping keys must be plain scalars", where=f"{filename}:{key_node.start_mark.line + 1}")
-                if key in out and index >= merged and merged_from.get(key, index) >= merged:
-                    raise ConfigError(
-                        f"duplicate key {format_keypath(path + (key,))!r} (first at line {lines[path + (key,)]})",
-                        where=f"{filename}:{key_node.start_mark.line + 1}",
-                    )
-                merged_from[key] = index
+                if index >= merged:
+                    if key in own_keys:
+                        raise ConfigError(
+                            f"duplicate key {format_keypath(path + (key,))!r} (first at line {lines[path + (key,)]})",
+                            where=f"{filename}:{key_node.start_mark.line + 1}",
+                        )
+                    own_keys.add(key)
                 lines[path + (key,)] = key_node.start_mark.line + 1
                 out[key] = build(value_node, path + (key,))
                 lines[path + (key,)] = key_node.start_mark.line + 1

@@ -49,13 +49,6 @@ def git_info(cwd: Path) -> dict[str, object]:
     return {"sha": sha, "ref": ref, "repo": _strip_credentials(remote) if remote else None, "dirty": dirty}
 
 
-def resolve_rev(rev: str, cwd: Path) -> str:
-    proc = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd, check=False)
-    if proc.returncode != 0:
-        raise UserError(f"unknown git revision {rev!r} (expected a branch, tag, commit or 'workspace')")
-    return proc.stdout.strip()
-
-
 def read_files_at(rev: str, paths: list[Path], cwd: Path) -> dict[Path, bytes | None]:
     """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one.
 
@@ -93,8 +86,4 @@ def read_files_at(rev: str, paths: list[Path], cwd: Path) -> dict[Path, bytes | 
         pos += int(size) + 1
     if answers[0] is None:
         raise UserError(f"unknown git revision {rev!r} (expected a branch, tag, commit or 'workspace')")
-    out: dict[Path, bytes | None] = {}
-    for p, blob in zip(paths, answers[1:]):
-        if out.get(p) is None:
-            out[p] = blob
-    return out
+    return dict(zip(paths, answers[1:]))

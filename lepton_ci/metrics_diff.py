@@ -6,7 +6,7 @@ command people run in a loop, and it is mostly start-up, git and parsing."""
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lepton_ci.errors import UserError
@@ -27,11 +27,9 @@ def read_contents(rev: str, files: list[str], base: Path) -> Contents:
 
 
 def parse_contents(rev: str, contents: Contents, notes: list[str],
-                   parsed: dict[tuple[str, bytes], dict[str, Number] | None] | None = None,
-                   ) -> dict[str, dict[str, Number] | None]:
+                   parsed: dict[tuple[str, bytes], dict[str, Number]]) -> dict[str, dict[str, Number] | None]:
     """Flat metrics per file; a missing or unreadable file becomes None plus a note. `parsed` memoizes
     by (file, content) so the other side's identical files cost nothing."""
-    parsed = {} if parsed is None else parsed
     out: dict[str, dict[str, Number] | None] = {}
     for f, blob in contents.items():
         if blob is None:
@@ -39,7 +37,7 @@ def parse_contents(rev: str, contents: Contents, notes: list[str],
             out[f] = None
             continue
         key = (f, blob)
-        if key in parsed and parsed[key] is not None:
+        if key in parsed:
             out[f] = parsed[key]
             continue
         try:
@@ -50,27 +48,15 @@ def parse_contents(rev: str, contents: Contents, notes: list[str],
     return out
 
 
-def read_revision(rev: str, files: list[str], base: Path, notes: list[str]) -> dict[str, dict[str, Number] | None]:
-    """Flat metrics per file at `rev`; a file that is missing or unreadable there becomes None plus a note."""
-    return parse_contents(rev, read_contents(rev, files, base), notes)
-
-
 def diff_revisions(a: str, b: str, files: list[str], base: Path) -> MetricsDiff:
     files = list(dict.fromkeys(files))  # a file named twice is compared once
+    notes: dict[str, list[str]] = {a: [], b: []}
+    parsed: dict[tuple[str, bytes], dict[str, Number]] = {}
+    metrics: dict[str, dict[str, dict[str, Number] | None]] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: dict[str, Future[Contents]] = {
-            rev: pool.submit(read_contents, rev, files, base) for rev in dict.fromkeys((a, b)) if rev != WORKSPACE}
-        workspace = read_contents(WORKSPACE, files, base) if WORKSPACE in (a, b) else None
-        parsed: dict[tuple[str, bytes], dict[str, Number] | None] = {}
-        notes_a: list[str] = []
-        notes_b: list[str] = []
-        if workspace is not None:  # parse while git works
-            ws_notes = notes_a if a == WORKSPACE else notes_b
-            ws_metrics = parse_contents(WORKSPACE, workspace, ws_notes, parsed)
-        side = {rev: future.result() for rev, future in pending.items()}
-    old = ws_metrics if a == WORKSPACE else parse_contents(a, side[a], notes_a, parsed)
-    if b == a:
-        new, notes_b = old, list(notes_a)
-    else:
-        new = ws_metrics if b == WORKSPACE else parse_contents(b, side[b], notes_b, parsed)
-    return diff_metrics(a, old, b, new, notes_a + notes_b)
+        pending = {rev: pool.submit(read_contents, rev, files, base) for rev in notes if rev != WORKSPACE}
+        if WORKSPACE in notes:  # parsed while git works
+            metrics[WORKSPACE] = parse_contents(WORKSPACE, read_contents(WORKSPACE, files, base), notes[WORKSPACE], parsed)
+        for rev, future in pending.items():
+            metrics[rev] = parse_contents(rev, future.result(), notes[rev], parsed)
+    return diff_metrics(a, metrics[a], b, metrics[b], notes[a] + notes[b])

@@ -49,7 +49,6 @@ def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markd
     result = diff_revisions(a, b, files, base)
     if as_json:
         echo_json(result.to_json(show_all, precision))
-    elif markdown:
-        click.echo(format_markdown(result, show_all, 5 if precision is None else precision))
     else:
-        click.echo(format_table(result, show_all, 5 if precision is None else precision))
+        render = format_markdown if markdown else format_table
+        click.echo(render(result, show_all, 5 if precision is None else precision))
