@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -17,6 +19,74 @@ from lepton_ci.errors import UserError
 from lepton_ci.fsutil import atomic_write_json, canonical_json, sha256_bytes
 
 R = TypeVar("R", bound="Record")
+
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # a record is metadata; anything bigger is an attack or a mistake
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+# The JSON type each field must have when read; a record that breaks it is refused with the field named
+# (an `exit` that is a list once ended as a Python traceback). Numbers exclude booleans.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"dict": (dict,), "list": (list,), "str": (str,), "int": (int,),
+                                            "float": (int, float)}
+
+
+def _expected_types(annotation: str) -> tuple[tuple[type, ...], bool]:
+    optional = "None" in annotation
+    head = annotation.replace(" | None", "").split("[", 1)[0].strip()
+    return _JSON_TYPES.get(head, (object,)), optional
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def metric_problem(key: Any, value: Any) -> str | None:
+    """Why `value` cannot be a metric (a gate compares numbers: finite, not bool, fits a float)."""
+    if not isinstance(key, str) or not key or any(ord(c) < 32 for c in key):
+        return f"metric name {str(key)[:60]!r} is not a plain name"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"metric {key!r} is {_type_name(value)}, expected a number"
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return f"metric {key!r} is an integer too large for a float"
+    elif not math.isfinite(value):
+        return f"metric {key!r} is {value}; metrics must be finite numbers"
+    return None
+
+
+def validate_metrics(metrics: Any, source: str, what: str = "metrics") -> None:
+    if not isinstance(metrics, dict):
+        raise UserError(f"{what} must be an object of names to numbers, got {_type_name(metrics)}", where=source)
+    for key, value in metrics.items():
+        problem = metric_problem(key, value)
+        if problem:
+            raise UserError(f"{what}: {problem}", where=source)
+
+
+def validate_artifacts(artifacts: list[Any], source: str, what: str = "artifacts") -> None:
+    """Each entry names a relative path inside the model and the sha256 of its bytes."""
+    for i, art in enumerate(artifacts):
+        if not isinstance(art, dict):
+            raise UserError(f"{what}[{i}] must be an object, got {_type_name(art)}", where=source)
+        path, digest, size = art.get("path"), art.get("sha256"), art.get("size", 0)
+        if not isinstance(path, str) or not safe_relative_path(path):
+            raise UserError(f"{what}[{i}].path {str(path)[:80]!r} must be a relative path inside the model", where=source)
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
+            raise UserError(f"{what}[{i}].sha256 must be 64 lower-case hex digits", where=source)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise UserError(f"{what}[{i}].size must be a non-negative integer", where=source)
+
+
+def safe_relative_path(path: str) -> bool:
+    """A POSIX path that stays inside the directory it is joined to: no absolute path, no `..`, no
+    backslashes or control characters, no empty or `.` parts."""
+    if not path or path.startswith("/") or "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return False
+    parts = path.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
 
 
 @dataclass
@@ -50,6 +120,14 @@ class Record:
             )
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
+        for f in fields(cls):
+            if f.name in kwargs:
+                types, optional = _expected_types(str(f.type))
+                value = kwargs[f.name]
+                if (value is None and not optional) or (value is not None and (
+                        not isinstance(value, types) or (isinstance(value, bool) and bool not in types))):
+                    raise UserError(f"{cls.KIND} record field {f.name!r} must be {_expected_name(types)}, "
+                                    f"got {_type_name(value)}", where=source)
         extra = {k: v for k, v in data.items() if k not in known and k not in ("kind", "schema_version")}
         try:
             return cls(**kwargs, extra=extra)
@@ -65,13 +143,43 @@ class Record:
     @classmethod
     def read(cls: type[R], path: str | Path) -> R:
         p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{cls.KIND} record not found (expected a JSON file)", where=str(p)) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"not valid JSON: {exc}", where=str(p)) from None
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_json(p, f"{cls.KIND} record"), source=str(p))
+
+
+def read_json(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> Any:
+    """A bounded JSON read that turns every way it can fail into one line naming the file. NaN and
+    Infinity are refused: records carry finite numbers only."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > limit:
+                raise UserError(f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path))
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found (expected a JSON file)", where=str(path)) from None
+    except IsADirectoryError:
+        raise UserError(f"{what} path is a directory, expected a JSON file", where=str(path)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what}: {exc.strerror}", where=str(path)) from None
+    if len(raw) > limit:
+        raise UserError(f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path))
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"not valid JSON: {exc}", where=str(path)) from None
+    except RecursionError:
+        raise UserError("not valid JSON: nested too deeply", where=str(path)) from None
+    except ValueError as exc:
+        raise UserError(f"not valid JSON: {exc}", where=str(path)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (records hold finite numbers only)")
+
+
+def _expected_name(types: tuple[type, ...]) -> str:
+    if types == (int, float):
+        return "a number"
+    return " or ".join(_type_name(t()) for t in types if t is not object) or "a JSON value"
 
 
 def artifacts_digest(artifacts: list[dict[str, Any]]) -> str:
@@ -81,10 +189,8 @@ def artifacts_digest(artifacts: list[dict[str, Any]]) -> str:
 
 
 def check_finite_metrics(metrics: dict[str, Any], source: str) -> None:
-    """Reject NaN/inf: a gate cannot compare them and JSON cannot carry them."""
-    for key, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"metric {key!r} is {value}; metrics must be finite numbers", where=source)
+    """Reject NaN/inf and non-numbers: a gate cannot compare them and JSON cannot carry them."""
+    validate_metrics(metrics, source)
 
 
 @dataclass
@@ -108,6 +214,15 @@ class RunRecord(Record):
     def succeeded(self) -> bool:
         return self.exit.get("status") == "succeeded"
 
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "record") -> RunRecord:
+        rec = super().from_dict(data, source=source)
+        validate_metrics(rec.metrics, source)
+        validate_artifacts(rec.artifacts, source)
+        if rec.artifacts_digest and rec.artifacts_digest != artifacts_digest(rec.artifacts):
+            raise UserError("artifacts_digest does not match the artifacts listed (the record was edited)", where=source)
+        return rec
+
 
 @dataclass
 class GateRecord(Record):
@@ -125,11 +240,14 @@ class GateRecord(Record):
     def passed(self) -> bool:
         return self.verdict == "pass"
 
-    def signed_payload(self) -> bytes:
-        """Canonical bytes the signature covers: the whole record except the signature itself."""
-        body = self.to_dict()
-        body.pop("signature", None)
-        return canonical_json(body)
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "record") -> GateRecord:
+        rec = super().from_dict(data, source=source)
+        if "metrics" in rec.candidate:
+            validate_metrics(rec.candidate["metrics"], source, "candidate.metrics")
+        if not all(isinstance(r, dict) for r in rec.results):
+            raise UserError("results must be a list of objects", where=source)
+        return rec
 
 
 @dataclass
@@ -144,14 +262,36 @@ class ModelVersion(Record):
     metadata: dict[str, Any] = field(default_factory=dict)
     created: str = ""
 
+    DIGEST_FORM: ClassVar[str] = "lepton-ci/model-version/v1"
+
     def manifest(self) -> dict[str, Any]:
-        """The content the version digest covers (everything but the digest)."""
+        """The content the version digest covers: named fields under a form name of their own, so the
+        digest stays the same when the record class gains a field or a schema version."""
+        return {"form": self.DIGEST_FORM, "name": self.name, "version": self.version, "artifacts": self.artifacts,
+                "artifacts_digest": self.artifacts_digest, "metadata": self.metadata, "created": self.created}
+
+    def legacy_manifest(self) -> dict[str, Any]:
+        """What lepton-ci 0.1 hashed: the whole record but the digest, schema version included."""
         body = self.to_dict()
         body.pop("digest", None)
+        body["schema_version"] = 1
         return body
 
     def compute_digest(self) -> str:
         return "sha256:" + sha256_bytes(canonical_json(self.manifest()))
+
+    def digest_matches(self) -> bool:
+        """True when `digest` covers this content, in the current form or the 0.1 form (both hash every
+        field, so accepting either gives up nothing)."""
+        if self.digest == self.compute_digest():
+            return True
+        return self.digest == "sha256:" + sha256_bytes(canonical_json(self.legacy_manifest()))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "record") -> ModelVersion:
+        rec = super().from_dict(data, source=source)
+        validate_artifacts(rec.artifacts, source)
+        return rec
 
     @property
     def run(self) -> dict[str, Any] | None:
@@ -179,5 +319,30 @@ class Deployment(Record):
     status: str = "unknown"
     health: list[dict[str, Any]] = field(default_factory=list)
     previous: dict[str, Any] | None = None
-    process: dict[str, Any] = field(default_factory=dict)
+    image: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "record") -> Deployment:
+        if isinstance(data, dict) and "process" in data and "state" not in data:  # schema 1: local-only field
+            data = {**data, "state": data["process"]}
+            data.pop("process")
+        return super().from_dict(data, source=source)
+
+    @property
+    def process(self) -> dict[str, Any]:
+        """The local target's state (pid, port, log); other targets keep theirs in `state` too."""
+        return self.state
+
+
+def tagged_version_path(root: Path) -> Path:
+    """Where `tag` leaves the version it created, for deploy and report in the same workspace."""
+    return root / ".lepton" / "version.json"
+
+
+def read_tagged_version(root: Path) -> ModelVersion | None:
+    path = tagged_version_path(root)
+    return ModelVersion.read(path) if path.is_file() else None

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SIGNING_KEY = "test-signing-key-not-a-secret"
+from tests.support.keys import PRIVATE_PEM
+
+SIGNING_KEY = PRIVATE_PEM
 
 
 class GitRepo:
@@ -53,7 +55,7 @@ def git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GitRepo:
 
 @pytest.fixture()
 def signing_key(monkeypatch: pytest.MonkeyPatch) -> bytes:
-    """LEPTON_CI_SIGNING_KEY set for the test; returns the key as bytes."""
+    """LEPTON_CI_SIGNING_KEY set to the test private key (PEM); returns it as bytes."""
     monkeypatch.setenv("LEPTON_CI_SIGNING_KEY", SIGNING_KEY)
     return SIGNING_KEY.encode()
 

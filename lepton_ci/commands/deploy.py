@@ -20,11 +20,16 @@ def _print(d, as_json: bool) -> None:
 @click.group("deploy", invoke_without_command=True)
 @click.option("-v", "--version", "ref", metavar="REF", help="Version, alias or digest (default: the version `tag` just made).")
 @click.option("--allow-unblessed", is_flag=True, help="Deploy even without a passing, signed gate record (recorded).")
+@click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
+              help="Public key file (or PEM text) the blessing must verify with; repeatable (default: "
+                   "LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml).")
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
-def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, as_json: bool) -> None:
+def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, public_keys: tuple[str, ...],
+                 as_json: bool) -> None:
     """Deploy a blessed version to deploy.target, then move deploy.alias (production) to it."""
     ctx.obj["as_json"] = as_json
+    ctx.obj["public_keys"] = public_keys
     if ctx.invoked_subcommand is not None:
         if ref or allow_unblessed:
             from lepton_ci.errors import UserError
@@ -39,7 +44,7 @@ def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, as_
         click.echo("lepton-ci: warning: --allow-unblessed: the gate record is not enforced for this deploy", err=True)
     from lepton_ci.forge.outputs import emit
 
-    record = deploy(config, ref=ref, allow_unblessed=allow_unblessed)
+    record = deploy(config, ref=ref, allow_unblessed=allow_unblessed, public_keys=public_keys)
     emit({"endpoint": record.endpoint, "deployed-version": record.version, "deploy-status": record.status})
     _print(record, as_json)
 
@@ -76,4 +81,5 @@ def rollback_cmd(ctx: click.Context, allow_unblessed: bool, as_json: bool) -> No
     """Deploy the previous version again and move the alias back to it."""
     from lepton_ci.steps.deploy import rollback
 
-    _print(rollback(config_from(ctx), allow_unblessed=allow_unblessed), as_json or ctx.obj["as_json"])
+    _print(rollback(config_from(ctx), allow_unblessed=allow_unblessed, public_keys=ctx.obj["public_keys"]),
+           as_json or ctx.obj["as_json"])

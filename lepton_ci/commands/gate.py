@@ -35,7 +35,7 @@ def gate_cmd(ctx: click.Context, run_path, baseline: str | None, output, as_json
         if not record.results:
             click.echo("no gate rules configured (gate.rules in lepton.yml): passing")
         sig = record.signature.get("alg")
-        click.echo(f"verdict: {record.verdict} ({'signed' if sig == 'hmac-sha256' else 'unsigned'}) -> {output or config.gate_path}")
+        click.echo(f"verdict: {record.verdict} ({'signed' if sig == 'ecdsa-p256-sha256' else 'unsigned'}) -> {output or config.gate_path}")
     if not record.passed:
         failed = [f"{r['metric']} {r['rule']}" for r in record.results if not r["passed"]]
         raise StepFailed(f"gate failed: {', '.join(failed)}")

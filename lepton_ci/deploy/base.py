@@ -1,16 +1,20 @@
 """The deploy-target seam: local processes now; Docker, Kubernetes/KServe and others slot in here.
 
-A target turns a fetched model version into a running endpoint and reports on it. It never touches
-the registry or gate records: the deploy step does the blessing check and alias moves.
+A target turns a verified model version into a running endpoint and reports on it. It never touches
+the registry or gate records: the deploy step does the blessing check, verifies the bytes and moves
+aliases. The spec is target-neutral: a local directory of verified files and/or an image reference;
+what a target needs to find its deployment again (a pid, a container id, a Kubernetes object) goes in
+the record's target-owned `state`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from lepton_ci.errors import StepFailed, UserError
+from lepton_ci import plugins
+from lepton_ci.errors import StepFailed
 from lepton_ci.records import Deployment, ModelVersion
 
 
@@ -24,17 +28,21 @@ class DeployFailed(StepFailed):
 
 @dataclass
 class DeploySpec:
-    """What the deploy step hands a target."""
+    """What the deploy step hands a target. `model_dir` holds files verified against the blessing just
+    before the call; `image` is a built serving image (digest-pinned) for targets that run images."""
 
     version: ModelVersion
-    model_dir: Path
+    model_dir: Path | None
     model_file: str
     framework: str
     options: dict[str, Any]
     state_dir: Path
     smoke_request: dict[str, Any] | None = None
+    image: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
+@runtime_checkable
 class DeployTarget(Protocol):
     name: str
 
@@ -45,13 +53,9 @@ class DeployTarget(Protocol):
     def stop(self, deployment: Deployment) -> Deployment: ...
 
 
-TARGETS = {"local": "lepton_ci.deploy.local:LocalTarget"}
+TARGETS: dict[str, str] = {"local": "lepton_ci.deploy.local:LocalTarget"}
 
 
 def get_target(name: str) -> DeployTarget:
-    if name not in TARGETS:
-        raise UserError(f"unknown deploy target {name!r} (expected one of: {', '.join(TARGETS)})")
-    import importlib
-
-    module, attr = TARGETS[name].split(":")
-    return getattr(importlib.import_module(module), attr)()
+    target: DeployTarget = plugins.load(TARGETS, name, "deploy target", protocol=DeployTarget)()
+    return target

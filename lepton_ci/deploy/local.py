@@ -19,6 +19,7 @@ from typing import Any
 from lepton_ci import v2client
 from lepton_ci.deploy.base import DeployFailed, DeploySpec
 from lepton_ci.records import Deployment
+from lepton_ci.secrets import scrubbed_environ
 from lepton_ci.timeutil import utcnow
 
 STOP_GRACE_S = 10.0
@@ -56,12 +57,15 @@ class LocalTarget:
         port_file = run_dir / "port"
         log = run_dir / "server.log"
         host = spec.options.get("host", "127.0.0.1")
+        if spec.model_dir is None:
+            raise DeployFailed("the local target serves a model directory; none was given", Deployment(target=self.name))
         cmd = [sys.executable, "-m", "lepton_ci.serve", "--model-dir", str(spec.model_dir), "--model-file", spec.model_file,
                "--framework", spec.framework, "--name", spec.version.name, "--version", str(spec.version.version),
                "--host", host, "--port", str(port), "--port-file", str(port_file)]
-        with open(log, "wb") as out:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:  # the server runs with no signing key or forge token in its environment
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, env=scrubbed_environ())
         info = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "command": cmd, "log": str(log),
                 "port_file": str(port_file), "host": host}
         return proc, info
@@ -129,14 +133,14 @@ class LocalTarget:
 
     def deploy(self, spec: DeploySpec, current: Deployment | None) -> Deployment:
         port = int(spec.options.get("port", 0))
-        running = current if current and current.status == "healthy" and process_alive(current.process) else None
-        fixed_port_clash = running is not None and port != 0 and running.process.get("port") == port
+        running = current if current and current.status == "healthy" and process_alive(current.state) else None
+        fixed_port_clash = running is not None and port != 0 and running.state.get("port") == port
         if fixed_port_clash:
-            self._stop_process(running.process)
+            self._stop_process(running.state)
         info, health, ok = self._try_start(spec, port)
         record = Deployment(target=self.name, model=spec.version.name, version=spec.version.version,
                             digest=spec.version.digest, endpoint=f"http://{info['host']}:{info.get('port', port)}",
-                            status="healthy" if ok else "failed", health=health, process=info, created=utcnow(),
+                            status="healthy" if ok else "failed", health=health, state=info, created=utcnow(),
                             previous=_summary(current))
         if not ok:
             reason = next(h for h in health if not h["passed"])
@@ -147,26 +151,27 @@ class LocalTarget:
                 message += f"; v{running.version} keeps serving at {running.endpoint}"
             raise DeployFailed(message, record)
         if running is not None and not fixed_port_clash:
-            self._stop_process(running.process)
+            self._stop_process(running.state)
         return record
 
     def _restart(self, old: Deployment) -> bool:
-        cmd = old.process.get("command")
+        cmd = old.state.get("command")
         if not cmd:
             return False
-        port_file = Path(old.process["port_file"])
+        port_file = Path(old.state["port_file"])
         port_file.unlink(missing_ok=True)
-        with open(old.process["log"], "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        old.process.update(pid=proc.pid, start_ticks=_start_ticks(proc.pid))
-        return all(h["passed"] for h in self._wait_ready(proc, old.process, 60))
+        with open(old.state["log"], "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=scrubbed_environ())
+        old.state.update(pid=proc.pid, start_ticks=_start_ticks(proc.pid))
+        return all(h["passed"] for h in self._wait_ready(proc, old.state, 60))
 
     def status(self, deployment: Deployment) -> Deployment:
         if deployment.status == "stopped":
             return deployment
-        if not process_alive(deployment.process):
+        if not process_alive(deployment.state):
             deployment.status = "down"
-            deployment.health = [{"check": "process", "passed": False, "detail": f"process {deployment.process.get('pid')} is not running"}]
+            deployment.health = [{"check": "process", "passed": False, "detail": f"process {deployment.state.get('pid')} is not running"}]
             return deployment
         base = deployment.endpoint
         deployment.health = [v2client.check("live", "GET", f"{base}/v2/health/live"),
@@ -177,7 +182,7 @@ class LocalTarget:
         return deployment
 
     def stop(self, deployment: Deployment) -> Deployment:
-        self._stop_process(deployment.process)
+        self._stop_process(deployment.state)
         deployment.status = "stopped"
         deployment.health = []
         return deployment

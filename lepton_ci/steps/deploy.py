@@ -1,54 +1,141 @@
-"""The deploy step: refuse unblessed models, hand a fetched version to a target, move the alias.
+"""The deploy step: refuse unblessed models, verify the bytes, hand them to a target, move the alias.
 
-Blessed means: the version carries a gate record whose verdict is pass, whose signature verifies with
-LEPTON_CI_SIGNING_KEY, and whose candidate digest is this version's artifacts digest. `--allow-unblessed`
-is the explicit, logged escape hatch.
+Blessed means: the version carries a gate record whose signature verifies with a trusted public key,
+whose verdict is pass, and whose candidate digest equals the digest recomputed from the version's
+artifact entries. Then, before any target sees the files (and so before anything is unpickled), the
+files about to be served are hashed from disk — fresh from the registry or reused from the deploy
+cache alike — and must be exactly the signed set: same paths, same sha256, nothing extra, and the
+OpenSSF model-signing signature over them must verify. `--allow-unblessed` skips only the gate checks
+(the bytes are still checked against the version's manifest) and is recorded in deployment.json.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lepton_ci import signing
 from lepton_ci.config import Config
 from lepton_ci.deploy.base import DeployFailed, DeploySpec, get_target
-from lepton_ci.errors import StepFailed, UserError
-from lepton_ci.records import Deployment, GateRecord, ModelVersion
+from lepton_ci.errors import StepFailed, TrustError, UserError
+from lepton_ci.fsutil import sha256_file
+from lepton_ci.records import Deployment, GateRecord, ModelVersion, artifacts_digest, read_tagged_version, safe_relative_path
 from lepton_ci.registry import open_registry
-from lepton_ci.steps.tag import read_tagged_version
+
+LOCK_TIMEOUT_S = 600.0
 
 
-def blessing_problem(mv: ModelVersion, key: bytes | None) -> str | None:
-    """Why this version may not be deployed, or None when it is blessed."""
+def trusted_keys(config: Config, explicit: tuple[str, ...] | list[str] = ()) -> list[signing.PublicKey]:
+    """The public keys a blessing may carry: --public-key, LEPTON_CI_PUBLIC_KEY, signing.public_key."""
+    value = config.section("signing").get("public_key")
+    values = [value] if isinstance(value, str) else list(value or [])
+    return signing.trusted_keys(explicit=explicit, config_values=values, base_dir=config.root,
+                                config_source=f"signing.public_key ({config.where('signing', 'public_key')})")
+
+
+def blessing_problem(mv: ModelVersion, keys: list[signing.PublicKey]) -> str | None:
+    """Why this version may not be deployed, or None when its gate record blesses exactly its artifacts."""
     if not mv.gate:
         return "it has no gate record (it was tagged without `lepton-ci gate`)"
-    gate = GateRecord.from_dict(mv.gate, source=f"{mv.name} v{mv.version} gate record")
+    try:
+        gate = GateRecord.from_dict(mv.gate, source=f"{mv.name} v{mv.version} gate record")
+    except UserError as exc:
+        return f"its gate record is malformed ({exc.message})"
+    ok, reason = signing.verify(gate, keys)
+    if not ok:
+        return reason
+    if gate.model != mv.name:
+        return f"its gate record blesses model {gate.model!r}, not {mv.name!r}"
     if not gate.passed:
-        failed = [r["metric"] + " " + r["rule"] for r in gate.results if not r["passed"]]
-        return f"its gate verdict is fail ({', '.join(failed)})"
-    if gate.candidate.get("digest") != mv.artifacts_digest:
-        return "its gate record was written for other artifacts (digest mismatch)"
-    ok, reason = signing.verify(gate, signing.signing_key())
-    return None if ok else reason
+        failed = [f"{r.get('metric')} {r.get('rule')}" for r in gate.results if not r.get("passed")]
+        return f"its gate verdict is fail ({', '.join(failed) or 'no passing rule'})"
+    recomputed = artifacts_digest(mv.artifacts)
+    if gate.candidate.get("digest") != recomputed:
+        return "its gate record was written for other artifacts (the signed digest differs from the version's files)"
+    if mv.artifacts_digest != recomputed:
+        return "its manifest's artifacts digest does not match its artifact entries"
+    if not (gate.signature.get("model_signature") or {}).get("bundle"):
+        return "its gate record has no model-signing signature over the files"
+    return None
+
+
+def _hash_tree(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under root by relative path: (sha256, size). Symlinks, devices and sockets are refused:
+    the server must load bytes that were hashed, not whatever a link points at later."""
+    found: dict[str, tuple[str, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in dirnames + filenames:
+            p = base / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                raise TrustError(f"{rel} is a symbolic link")
+            if name in filenames:
+                if not p.is_file():
+                    raise TrustError(f"{rel} is not a regular file")
+                found[rel] = (sha256_file(p), p.stat().st_size)
+    return found
+
+
+def verify_model_files(model_dir: Path, mv: ModelVersion, gate: GateRecord | None,
+                       keys: list[signing.PublicKey]) -> str | None:
+    """None when the files under model_dir are exactly the version's (and, with a gate, the signed) set."""
+    try:
+        found = _hash_tree(model_dir)
+    except (TrustError, OSError) as exc:
+        return f"the files to serve cannot be verified: {exc}"
+    expected = {a["path"]: (a["sha256"], a.get("size")) for a in mv.artifacts}
+    extra = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    if extra or missing:
+        what = ", ".join([f"unexpected {p}" for p in extra[:3]] + [f"missing {p}" for p in missing[:3]])
+        return f"the files to serve are not the version's files ({what})"
+    for path, (digest, size) in expected.items():
+        if found[path][0] != digest or (size is not None and found[path][1] != size):
+            return f"{path} does not match its digest in the version manifest"
+    if gate is None:
+        return None
+    computed = artifacts_digest([{"path": p, "sha256": d} for p, (d, _) in found.items()])
+    if computed != gate.candidate.get("digest"):
+        return "the files to serve are not the files the gate signed"
+    key = signing.signing_key_for(gate, keys)
+    if key is None:
+        return "no trusted key for the model signature"
+    return signing.verify_model_dir(model_dir, (gate.signature.get("model_signature") or {}).get("bundle"), key)
 
 
 def _state_dir(config: Config) -> Path:
     return config.deployment_path.parent / "deploy"
 
 
-def _fetch(config: Config, mv: ModelVersion) -> Path:
-    registry = open_registry(config.registry_url, config.root)
-    dest = _state_dir(config) / "models" / mv.name / f"v{mv.version}-{mv.digest.split(':')[-1][:12]}"
-    if dest.is_dir():
-        return dest
+def fetch_verified(config: Config, mv: ModelVersion, gate: GateRecord | None, keys: list[signing.PublicKey]) -> Path:
+    """The version's files in the deploy cache, verified now. A cache entry that fails verification
+    (tampered, pre-seeded, half-written) is discarded and fetched again; a fresh fetch that fails is a
+    refusal."""
+    dest = _state_dir(config) / "models" / mv.name / f"v{mv.version}-{mv.digest.split(':')[-1][:16]}"
+    if dest.is_dir() or dest.is_symlink():
+        problem = verify_model_files(dest, mv, gate, keys) if not dest.is_symlink() else "the cache entry is a link"
+        if problem is None:
+            return dest
+        print(f"lepton-ci: warning: discarding the deploy cache for {mv.name} v{mv.version}: {problem}", file=sys.stderr)
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        else:
+            shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".fetch-"))
     try:
-        registry.fetch(mv.name, mv.version, tmp)
+        open_registry(config.registry_url, config.root).fetch(mv.name, mv.version, tmp)
+        problem = verify_model_files(tmp, mv, gate, keys)
+        if problem is not None:
+            raise TrustError(f"refusing to deploy {mv.name} v{mv.version}: {problem}")
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -57,13 +144,40 @@ def _fetch(config: Config, mv: ModelVersion) -> Path:
 
 
 def _model_file(config: Config, mv: ModelVersion) -> str:
+    """The artifact the server loads: it must be one of the version's own (verified) files."""
     name = mv.metadata.get("model_file") or config.model_file
-    if name:
-        return name
-    if len(mv.artifacts) == 1:
-        return mv.artifacts[0]["path"]
-    raise UserError("the version has several artifacts; set model.file in lepton.yml to the one the server loads",
-                    where=config.where("model"))
+    if not name and len(mv.artifacts) == 1:
+        name = mv.artifacts[0]["path"]
+    if not name:
+        raise UserError("the version has several artifacts; set model.file in lepton.yml to the one the server loads",
+                        where=config.where("model"))
+    if not isinstance(name, str) or not safe_relative_path(name) or name not in {a["path"] for a in mv.artifacts}:
+        raise TrustError(f"refusing to deploy {mv.name} v{mv.version}: model file {str(name)[:80]!r} is not one of "
+                         "the version's artifacts")
+    return name
+
+
+@contextlib.contextmanager
+def deployment_lock(config: Config) -> Iterator[None]:
+    """One deploy, stop, status or rollback at a time per deployment.json (read-modify-write)."""
+    import time
+
+    path = config.deployment_path.with_name(config.deployment_path.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{config.deployment_path} is locked by another deploy") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def current_deployment(config: Config) -> Deployment | None:
@@ -80,25 +194,35 @@ def _smoke_request(config: Config) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"smoke request file not found: {rel}", where=config.where("deploy", "smoke_request")) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"smoke request {rel} is not valid JSON: {exc}", where=config.where("deploy", "smoke_request")) from None
 
 
-def deploy(config: Config, *, ref: str | None = None, allow_unblessed: bool = False,
-           move_alias: bool = True, reason: str = "") -> Deployment:
+def deploy(config: Config, *, ref: str | None = None, allow_unblessed: bool = False, move_alias: bool = True,
+           reason: str = "", public_keys: tuple[str, ...] | list[str] = ()) -> Deployment:
+    with deployment_lock(config):
+        return _deploy(config, ref=ref, allow_unblessed=allow_unblessed, move_alias=move_alias, reason=reason,
+                       public_keys=public_keys)
+
+
+def _deploy(config: Config, *, ref: str | None, allow_unblessed: bool, move_alias: bool, reason: str,
+            public_keys: tuple[str, ...] | list[str]) -> Deployment:
     section = config.section("deploy")
     registry = open_registry(config.registry_url, config.root)
     if ref is None:
-        tagged = read_tagged_version(config)
+        tagged = read_tagged_version(config.root)
         if tagged is None:
             raise UserError("no version given and no .lepton/version.json from `lepton-ci tag`: pass --version REF")
         ref = str(tagged.version)
     mv = registry.get(config.model_name, ref)
-    problem = blessing_problem(mv, signing.signing_key())
+    keys = trusted_keys(config, public_keys)
+    problem = blessing_problem(mv, keys)
     if problem and not allow_unblessed:
         raise StepFailed(f"refusing to deploy {mv.name} v{mv.version}: {problem} (use --allow-unblessed to override)")
+    gate = None if problem else GateRecord.from_dict(mv.gate, source=f"{mv.name} v{mv.version} gate record")
+    model_file = _model_file(config, mv)
     target = get_target(section.get("target", "local"))
-    spec = DeploySpec(version=mv, model_dir=_fetch(config, mv), model_file=_model_file(config, mv),
+    spec = DeploySpec(version=mv, model_dir=fetch_verified(config, mv, gate, keys), model_file=model_file,
                       framework=mv.metadata.get("framework") or config.framework, options=section,
                       state_dir=_state_dir(config), smoke_request=_smoke_request(config))
     current = current_deployment(config)
@@ -117,34 +241,38 @@ def deploy(config: Config, *, ref: str | None = None, allow_unblessed: bool = Fa
 
 
 def status(config: Config) -> Deployment:
-    current = current_deployment(config)
-    if current is None:
-        raise UserError(f"no deployment recorded at {config.deployment_path}")
-    refreshed = get_target(current.target).status(current)
-    refreshed.write(config.deployment_path)
-    return refreshed
+    with deployment_lock(config):
+        current = current_deployment(config)
+        if current is None:
+            raise UserError(f"no deployment recorded at {config.deployment_path}")
+        refreshed = get_target(current.target).status(current)
+        refreshed.write(config.deployment_path)
+        return refreshed
 
 
 def stop(config: Config) -> Deployment:
-    current = current_deployment(config)
-    if current is None:
-        raise UserError(f"no deployment recorded at {config.deployment_path}")
-    stopped = get_target(current.target).stop(current)
-    stopped.write(config.deployment_path)
-    return stopped
+    with deployment_lock(config):
+        current = current_deployment(config)
+        if current is None:
+            raise UserError(f"no deployment recorded at {config.deployment_path}")
+        stopped = get_target(current.target).stop(current)
+        stopped.write(config.deployment_path)
+        return stopped
 
 
-def rollback(config: Config, *, allow_unblessed: bool = False) -> Deployment:
-    """Deploy the previous version again and move the alias back to it."""
-    current = current_deployment(config)
-    if current is None:
-        raise UserError(f"no deployment recorded at {config.deployment_path}")
-    if not current.previous:
-        raise UserError(f"{current.model} v{current.version} has no previous deployment to roll back to")
-    previous_version = current.previous["version"]
-    record = deploy(config, ref=str(previous_version), move_alias=False, allow_unblessed=allow_unblessed)
-    alias = config.section("deploy").get("alias", "production")
-    registry = open_registry(config.registry_url, config.root)
-    if alias and registry.aliases(record.model).get(alias) != previous_version:
-        registry.move_alias(record.model, alias, previous_version, reason=f"deploy rollback from v{current.version}")
-    return record
+def rollback(config: Config, *, allow_unblessed: bool = False, public_keys: tuple[str, ...] | list[str] = ()) -> Deployment:
+    """Deploy the previous version again (verified like any deploy) and move the alias back to it."""
+    with deployment_lock(config):
+        current = current_deployment(config)
+        if current is None:
+            raise UserError(f"no deployment recorded at {config.deployment_path}")
+        if not current.previous:
+            raise UserError(f"{current.model} v{current.version} has no previous deployment to roll back to")
+        previous_version = current.previous["version"]
+        record = _deploy(config, ref=str(previous_version), move_alias=False, allow_unblessed=allow_unblessed,
+                         reason="", public_keys=public_keys)
+        alias = config.section("deploy").get("alias", "production")
+        registry = open_registry(config.registry_url, config.root)
+        if alias and registry.aliases(record.model).get(alias) != previous_version:
+            registry.move_alias(record.model, alias, previous_version, reason=f"deploy rollback from v{current.version}")
+        return record

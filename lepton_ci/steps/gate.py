@@ -1,22 +1,33 @@
 """The gate step: compare a candidate run with a baseline under the configured rules, sign the verdict.
 
 Baselines: a registry alias (default `production`), `git:REF` (the metrics files at that revision),
-a path to a run.json, or `none`. A missing default alias is a first run, not an error; an alias the
-user named explicitly must exist.
+a path to a run.json, or `none`. Fail closed: only a positive answer from the registry (it was read, and
+it holds no such model or alias: `NotFound`) makes a first run; an unreachable, damaged or foreign
+registry fails the gate (exit 2), because "no baseline" would pass every change rule. An alias the user
+named explicitly must exist.
+
+The verdict is signed with the gate's private key, together with an OpenSSF model-signing signature over
+the candidate's files (read back and checked against run.json first, so the gate blesses the bytes it
+was shown).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lepton_ci import signing
 from lepton_ci.config import Config
-from lepton_ci.errors import RegistryError, UserError
+from lepton_ci.errors import NotFound, UserError
+from lepton_ci.fsutil import sha256_file
 from lepton_ci.gate_rules import evaluate
 from lepton_ci.gitio import read_files_at
 from lepton_ci.metrics import parse_metrics
-from lepton_ci.records import GateRecord, RunRecord
+from lepton_ci.records import GateRecord, RunRecord, artifacts_digest
 from lepton_ci.registry import open_registry
 from lepton_ci.timeutil import utcnow
 
@@ -39,7 +50,7 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
             if blob is None:
                 missing.append(rel)
             else:
-                metrics.update(parse_metrics(blob, f"{ref}:{rel}"))
+                metrics.update(parse_metrics(blob, f"{ref}:{rel}").values)
         note = f"missing at {ref}: {', '.join(missing)}" if missing else None
         return {"source": "git", "ref": ref, "metrics": metrics if len(missing) < len(files) else None, "note": note}
     as_path = config.resolve(spec)
@@ -49,12 +60,35 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
     try:
         registry = open_registry(config.registry_url, config.root)
         mv = registry.get(config.model_name, spec)
-    except RegistryError as exc:
+    except NotFound as exc:  # the registry answered: nothing there (first run); any other error propagates
         if explicit:
             raise
         why = exc.message.split(" (")[0]
         return {"source": "registry", "ref": spec, "metrics": None, "note": f"no baseline for {spec!r} yet: {why}"}
     return {"source": "registry", "ref": spec, "version": mv.version, "digest": mv.digest, "metrics": mv.metrics}
+
+
+@contextlib.contextmanager
+def staged_candidate(config: Config, run: RunRecord, run_path: Path) -> Iterator[Path]:
+    """The candidate's files, laid out as the registry will hold them, each checked against run.json:
+    what gets signed is exactly what was measured. Hard links where possible (no copy of a big model)."""
+    tmp = Path(tempfile.mkdtemp(prefix="lepton-gate-"))
+    try:
+        for art in run.artifacts:
+            src = config.resolve(art["path"])
+            if not src.is_file():
+                raise UserError(f"artifact {art['path']} recorded in {run_path} no longer exists")
+            dest = tmp / art["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copyfile(src, dest)
+            if sha256_file(dest) != art["sha256"]:
+                raise UserError(f"artifact {art['path']} changed after training (sha256 differs from {run_path})")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def gate(config: Config, *, run_path: Path | None = None, baseline: str | None = None,
@@ -74,12 +108,17 @@ def gate(config: Config, *, run_path: Path | None = None, baseline: str | None =
                        section.get("first_run", "pass"))
     record = GateRecord(
         model=config.model_name,
-        candidate={"run_id": run.run_id, "digest": run.artifacts_digest, "git": run.git, "metrics": run.metrics},
+        candidate={"run_id": run.run_id, "digest": artifacts_digest(run.artifacts) if run.artifacts else "", "git": run.git, "metrics": run.metrics},
         baseline=base,
         results=results,
         verdict="pass" if all(r["passed"] for r in results) else "fail",
         created=utcnow(),
     )
-    signing.sign(record, signing.signing_key())
+    private = signing.load_private_key()
+    if private is not None and run.artifacts:
+        with staged_candidate(config, run, run_path) as files:
+            signing.sign(record, private, files)
+    else:
+        signing.sign(record, private)
     record.write(output or config.gate_path)
     return record

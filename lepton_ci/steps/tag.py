@@ -11,12 +11,8 @@ from pathlib import Path
 from lepton_ci.config import Config
 from lepton_ci.errors import StepFailed, UserError
 from lepton_ci.fsutil import atomic_write_json, sha256_file
-from lepton_ci.records import GateRecord, ModelVersion, RunRecord
+from lepton_ci.records import GateRecord, RunRecord, artifacts_digest, tagged_version_path
 from lepton_ci.registry import PushResult, open_registry
-
-
-def version_path(config: Config) -> Path:
-    return config.root / ".lepton" / "version.json"
 
 
 def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None = None,
@@ -33,7 +29,7 @@ def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None 
     require_gate = section.get("require_gate", True)
     if gate_path.is_file():
         gate = GateRecord.read(gate_path)
-        if gate.candidate.get("digest") != run.artifacts_digest:
+        if gate.candidate.get("digest") != artifacts_digest(run.artifacts):
             raise UserError(f"{gate_path} was written for another run (artifacts digest differs); run `lepton-ci gate` again")
         if require_gate and not gate.passed:
             raise StepFailed("the gate verdict is fail: not tagging (set tag.require_gate: false to register anyway)")
@@ -54,10 +50,5 @@ def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None 
     wanted = list(aliases) if aliases is not None else list(section.get("aliases", ["candidate"]))
     result = registry.push(config.model_name, files, metadata, aliases=wanted,
                            reason=reason or f"tagged from run {run.run_id}")
-    atomic_write_json(version_path(config), result.version.to_dict())
+    atomic_write_json(tagged_version_path(config.root), result.version.to_dict())
     return result
-
-
-def read_tagged_version(config: Config) -> ModelVersion | None:
-    path = version_path(config)
-    return ModelVersion.read(path) if path.is_file() else None

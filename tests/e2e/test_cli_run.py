@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from tests.e2e.helpers import assert_one_line_error, cli, make_project
+from tests.support.keys import PRIVATE_PEM
 
-KEY = {"LEPTON_CI_SIGNING_KEY": "k"}
+KEY = {"LEPTON_CI_SIGNING_KEY": PRIVATE_PEM}
 
 
 def test_run_twice_then_a_regression_is_held_back(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from lepton_ci.fsutil import sha256_file
 from tests.e2e.helpers import assert_one_line_error, cli, make_project
+from tests.support.keys import PRIVATE_PEM
 
-KEY = {"LEPTON_CI_SIGNING_KEY": "test-key-1"}
+KEY = {"LEPTON_CI_SIGNING_KEY": PRIVATE_PEM}
 
 
 @pytest.fixture()

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.support.tools import github_actions_tool
+from tests.support.keys import PRIVATE_ONE_LINE
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 REPO = "octo/digits"
 STICKY = "<!-- lepton-ci:sticky model=digits workflow=lepton -->"
 TOKEN = "ghs_" + secrets.token_hex(18)  # a canary: must never show in any log
-SIGNING_KEY = "e2e-signing-key-" + secrets.token_hex(8)
+SIGNING_KEY = PRIVATE_ONE_LINE
 ACT_FLAGS = ["-P", "self-hosted=-self-hosted", "-P", "gpu=-self-hosted", "-P", "ubuntu-latest=-self-hosted",
              "--no-cache-server"]
 # The environment act hands on to steps in host mode: enough for git, pip and Python, nothing of the

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from tests.support.keys import PRIVATE_ONE_LINE
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ TEMPLATES_REF = "0.1.0"
 PROJECT_ID = "4242"
 TOKEN = "glpat-lepton-e2e-0123456789"
 JOB_TOKEN = "glcbt-job-token-not-for-notes"
-SIGNING_KEY = "e2e-signing-key-5f1c"
+SIGNING_KEY = PRIVATE_ONE_LINE
 STICKY = "<!-- lepton-ci:sticky model=digits"
 MRS = (7, 8, 9)  # merge request iids: classic, components, pipeline
 SEEDED = 130  # unrelated notes on each merge request before the first pipeline: more than one page

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import assert_one_line_error, cli, require
+from tests.support.keys import OTHER_PRIVATE_PEM, PRIVATE_PEM
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sklearn-digits"
-KEY = {"LEPTON_CI_SIGNING_KEY": "deploy-test-key"}
+KEY = {"LEPTON_CI_SIGNING_KEY": PRIVATE_PEM}
 
 
 def _v2_client(endpoint: str):
@@ -102,7 +103,7 @@ def test_deploy_refuses_unblessed_versions(project: Path) -> None:
     assert cli("tag", cwd=project).code == 0
     assert_one_line_error(cli("deploy", cwd=project, env=KEY), 1, "refusing to deploy digits v2", "unsigned")
     # signed with another key
-    assert cli("gate", cwd=project, env={"LEPTON_CI_SIGNING_KEY": "other"}).code == 0
+    assert cli("gate", cwd=project, env={"LEPTON_CI_SIGNING_KEY": OTHER_PRIVATE_PEM}).code == 0
     assert cli("tag", cwd=project).code == 0
     assert_one_line_error(cli("deploy", cwd=project, env=KEY), 1, "refusing to deploy digits v3", "another key")
     # the escape hatch works and is recorded

@@ -1,7 +1,8 @@
 """`lepton-ci report --post` as a real subprocess against the GitHub and GitLab stand-ins.
 
 Every run in this module uses a canary token and `run()` asserts that the canary appears nowhere: not in
-stdout or stderr (except the one `::add-mask::` line), the job summary, the step outputs, or anything the
+stdout, not on stderr (except in the one `::add-mask::` line, which goes to stderr: the runner reads
+workflow commands there, and stdout is the report), the job summary, the step outputs, or anything the
 stand-in received in a path or body. Retries are made fast with LEPTON_CI_HTTP_BACKOFF; Retry-After is 1 s.
 """
 
@@ -21,13 +22,14 @@ import pytest
 from tests.e2e.helpers import Result, assert_one_line_error, make_project
 from tests.support.github_standin import GitHubStandIn, require_spec
 from tests.support.gitlab_standin import GitLabStandIn
+from tests.support.keys import PRIVATE_PEM
 
 CANARY = "ghp_CANARY0lepton0ci0canary0token0000000"
 GL_CANARY = "glpat-CANARY0lepton0ci0canary0001"
 ALL_CANARIES = (CANARY, GL_CANARY, "CANARY0lepton")
 REPO = "octo/repo"
 HEAD = "c0ffee0123456789abcdef0123456789abcdef01"
-KEY = "forge-cli-signing-key"
+KEY = PRIVATE_PEM
 CONFIG = """\
 model:
   name: toy
@@ -142,19 +144,21 @@ def run(project: Path, env: dict[str, str], *args: str, standins: tuple[Any, ...
 
 
 def assert_no_canary(r: Run, masks: set[str], *standins: Any) -> None:
-    """The canary nowhere but in the `::add-mask::` line, which must then come before anything else."""
-    out_lines = r.result.out.splitlines()
+    """The canary nowhere but in the `::add-mask::` line on stderr, which must come before anything else;
+    stdout (the report) has no workflow command at all."""
+    assert "::add-mask::" not in r.result.out, ("::add-mask:: on stdout, where the report goes", r.result.out)
+    err_lines = r.result.err.splitlines()
     for canary in ALL_CANARIES:
-        leaks = [line for line in out_lines if canary in line and line not in masks]
-        assert not leaks, ("canary on stdout", leaks)
-        assert canary not in r.result.err, ("canary on stderr", r.result.err)
+        assert canary not in r.result.out, ("canary on stdout", r.result.out)
+        leaks = [line for line in err_lines if canary in line and line not in masks]
+        assert not leaks, ("canary on stderr", leaks)
         assert canary not in r.summary, "canary in the job summary"
         assert canary not in r.outputs, "canary in the step outputs"
         for s in standins:
             assert canary not in s.bodies_seen(), f"canary in what {s.name} received"
-    for line in masks & set(out_lines):  # printed before any workflow command or log line of ours
-        first_command = next(i for i, x in enumerate(out_lines) if x.startswith("::"))
-        assert out_lines.index(line) == first_command, out_lines
+    for line in masks & set(err_lines):  # printed before any workflow command or log line of ours
+        first_command = next(i for i, x in enumerate(err_lines) if x.startswith(("::", "lepton-ci:")))
+        assert err_lines.index(line) == first_command, err_lines
 
 
 def sticky(s: Any, number: int) -> list[dict[str, Any]]:
@@ -168,7 +172,7 @@ def test_post_rerun_summary_outputs_annotations_and_status(gh: GitHubStandIn, fa
     env = github_env(gh, failing, tmp_path)
     first = run(failing, env, standins=(gh,))
     assert first.code == 0, first.result
-    out = first.result.out.splitlines()
+    out = first.result.err.splitlines()  # workflow commands: stderr
     assert f"::add-mask::{CANARY}" in out
     assert out.index(f"::add-mask::{CANARY}") < out.index(next(line for line in out if line.startswith("::error")))
     [error] = [line for line in out if line.startswith("::error")]
@@ -264,7 +268,7 @@ def test_fork_pull_request_falls_back_to_the_summary(gh: GitHubStandIn, failing:
     r = run(failing, env, standins=(gh,))
     assert r.code == 0, r.result
     assert any(line.startswith("::notice title=lepton-ci::comment not posted: pull request from the fork")
-               for line in r.result.out.splitlines()), r.result.out
+               for line in r.result.err.splitlines()), r.result.err
     assert "lepton-ci: notice: comment not posted: pull request from the fork" in r.result.err
     assert "gate failed" in r.summary and "read-only" in r.summary
     assert gh.requests == []
@@ -274,7 +278,7 @@ def test_missing_token_falls_back_to_the_summary(gh: GitHubStandIn, failing: Pat
     r = run(failing, github_env(gh, failing, tmp_path, token=None), standins=(gh,))
     assert r.code == 0, r.result
     assert "comment not posted: no token: set one of LEPTON_CI_GITHUB_TOKEN, GITHUB_TOKEN, GH_TOKEN" in r.result.err
-    assert "::notice title=lepton-ci::comment not posted: no token" in r.result.out
+    assert "::notice title=lepton-ci::comment not posted: no token" in r.result.err
     assert "gate failed" in r.summary and gh.requests == []
 
 
@@ -313,7 +317,7 @@ def test_gitlab_self_managed_note_rerun_and_status(failing: Path, tmp_path: Path
         env = gitlab_env(gl, failing, tmp_path)
         first = run(failing, env, standins=(gl,))
         assert first.code == 0, first.result
-        assert "::" not in first.result.out  # no GitHub workflow commands on GitLab
+        assert "::" not in first.result.out + first.result.err  # no GitHub workflow commands on GitLab
         [n] = sticky(gl, 3)
         assert f"lepton-ci: comment created: {gl.origin}/group/proj/-/merge_requests/3#note_{n['id']}" in first.result.err
         gl.fail("notes/list", 502)
