@@ -105,12 +105,12 @@ def test_deploy_refuses_unblessed_versions(project: Path) -> None:
     # signed with another key
     assert cli("gate", cwd=project, env={"LEPTON_CI_SIGNING_KEY": OTHER_PRIVATE_PEM}).code == 0
     assert cli("tag", cwd=project).code == 0
-    assert_one_line_error(cli("deploy", cwd=project, env=KEY), 1, "refusing to deploy digits v3", "another key")
+    assert_one_line_error(cli("deploy", cwd=project, env=KEY), 1, "refusing to deploy digits v3", "not a trusted key")
     # the escape hatch works and is recorded
     r = cli("deploy", "--allow-unblessed", cwd=project, env=KEY, timeout=120)
     assert r.code == 0, r
     assert "warning: --allow-unblessed" in r.err
-    assert "another key" in json.loads((project / ".lepton/deployment.json").read_text())["unblessed"]
+    assert "not a trusted key" in json.loads((project / ".lepton/deployment.json").read_text())["unblessed"]
     assert_one_line_error(cli("deploy", "--version", "production2", cwd=project, env=KEY), 2, "no alias 'production2'")
 
 
