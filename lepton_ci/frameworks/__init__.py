@@ -2,15 +2,20 @@
 
 A loader turns a file into a `LoadedModel` that the model server can describe (V2 metadata) and run.
 Adding torch or keras is one module and one line in LOADERS; nothing here imports numpy or a framework.
+
+Loader contract on trust: a loader is only ever handed files that `deploy` has just verified against the
+blessing (every file's sha256 against the signed manifest, nothing extra, no symbolic links). A loader must
+load only the path it is given and files beside it in the same verified directory, never fetch or follow
+anything else, and must not be called by code that has not verified the bytes first. Formats that run code
+on load (pickle, joblib) are safe only under this rule.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from lepton_ci.errors import UserError
+from lepton_ci import plugins
 
 # name -> "module:attr" of a loader class, imported lazily so an unused framework costs nothing.
 LOADERS: dict[str, str] = {"sklearn": "lepton_ci.frameworks.sklearn:SklearnLoader"}
@@ -33,6 +38,7 @@ class LoadedModel(Protocol):
         ...
 
 
+@runtime_checkable
 class ModelLoader(Protocol):
     """Turns a saved model file into a LoadedModel; raises UserError for a file it cannot use."""
 
@@ -46,7 +52,5 @@ def frameworks() -> list[str]:
 
 def get_loader(framework: str) -> ModelLoader:
     """The loader for `framework`; the framework's module is imported only now."""
-    if framework not in LOADERS:
-        raise UserError(f"unknown model framework {framework!r} (expected one of: {', '.join(LOADERS)})")
-    module, attr = LOADERS[framework].split(":")
-    return getattr(importlib.import_module(module), attr)()
+    loader: ModelLoader = plugins.load(LOADERS, framework, "model framework", protocol=ModelLoader)()
+    return loader
