@@ -1,8 +1,9 @@
-"""`lepton-ci registry list|show|history|promote|rollback|check`."""
+"""`lepton-ci registry list|show|history|promote|rollback|check|gc`."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import click
@@ -150,3 +151,42 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"registry {reg.url}: OK ({len(problems)} warning(s))")
     if errors:
         raise StepFailed(f"registry check found {len(errors)} error(s)")
+
+
+AGE_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _parse_age(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """`--min-age`: seconds, or a number with s, m, h or d."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(s|m|min|h|d)?", value.strip())
+    if not m:
+        raise click.BadParameter(f"{value!r} is not an age (examples: 0, 90, 30m, 1h, 2d)")
+    return float(m.group(1)) * AGE_UNITS[m.group(2) or ""]
+
+
+@registry_group.command("gc")
+@click.option("--apply", "--yes", "apply", is_flag=True, help="Delete them (default: only list what would be deleted).")
+@click.option("--min-age", "min_age", default="1h", show_default=True, callback=_parse_age, metavar="AGE",
+              help="Keep anything younger than AGE (0, 90, 30m, 1h, 2d): a running tag may own it.")
+@click.option("--now", is_flag=True, help="Same as --min-age 0; only when no tag can be running.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def gc_cmd(ctx: click.Context, apply: bool, min_age: float, now: bool, as_json: bool) -> None:
+    """Remove blobs no version references and temporary files left by interrupted writes (dry run by default)."""
+    from lepton_ci.registry.shared import human_age, human_size
+
+    reg = _registry(ctx)
+    items = reg.gc(apply=apply, min_age_s=0.0 if now else min_age)
+    if as_json:
+        echo_json([{"kind": i.kind, "where": i.where, "size": i.size, "age_s": round(i.age_s, 1), "action": i.action}
+                   for i in items])
+        return
+    for i in items:
+        click.echo(f"{i.action}: {i.kind} {i.where}  {human_size(i.size)}  {human_age(i.age_s)} old")
+    gone = [i for i in items if i.action in ("deleted", "would delete")]
+    total = human_size(sum(i.size for i in gone))
+    if apply:
+        click.echo(f"registry {reg.url}: deleted {len(gone)} file(s), {total}")
+    else:
+        hint = " (dry run: add --apply to delete)" if gone else ""
+        click.echo(f"registry {reg.url}: {len(gone)} file(s), {total}, can be deleted{hint}")

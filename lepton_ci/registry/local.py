@@ -1,125 +1,210 @@
-"""The embedded file:// registry: content-addressed blobs, immutable versions, hash-chained alias history.
+"""The embedded file:// registry storage: a blob store, manifest files, a history file and a lock.
 
-Crash safety comes from ordering: blobs first (atomic renames into content-addressed names), then the
-version manifest (created exclusively, never replaced), then the alias history (atomically rewritten
-under a per-model lock). A crash at any point leaves at worst unreferenced blobs, which `check` reports
-as warnings and never as corruption.
+Only storage primitives live here; what the bytes mean (verification, references, the history chain)
+is in `shared.py`. Crash safety comes from ordering and atomic renames: blobs first (written under
+`blobs/tmp/`, renamed into content-addressed names), then the version manifest (created exclusively,
+never replaced), then the alias history (rewritten atomically under a per-model lock). A crash at any
+point leaves at worst unreferenced blobs and temporary files, which `check` reports as warnings and
+`gc` removes.
+
+Every OSError becomes a one-line `RegistryError` (or `TransientError` for I/O failures that may pass):
+a registry that cannot be read is never "empty".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
-import getpass
+import functools
+import hashlib
 import json
 import os
 import re
-import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
-from lepton_ci.errors import RegistryError, UserError
-from lepton_ci.fsutil import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file, CHUNK
-from lepton_ci.records import ModelVersion, artifacts_digest
-from lepton_ci.registry.base import AliasEvent, Problem, PushResult
+from lepton_ci.errors import NotFound, RegistryError, TransientError
+from lepton_ci.fsutil import CHUNK, atomic_write_bytes, atomic_write_json
+from lepton_ci.registry.base import Stored
+from lepton_ci.registry.shared import ModelRegistry
 from lepton_ci.timeutil import utcnow
 
 MARKER = "lepton-registry.json"
+MARKER_SCHEMA = 1
 LOCK_TIMEOUT_S = 60.0
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+MANIFEST_RE = re.compile(r"([1-9][0-9]{0,17})\.json")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+# What fsutil.atomic_write_bytes leaves when killed: ".<target name>.<random>.tmp" next to the target.
+ATOMIC_TEMP_RE = re.compile(r"\..+\.tmp")
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR, errno.EBUSY}
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _actor() -> str:
-    for var in ("GITHUB_ACTOR", "GITLAB_USER_LOGIN"):
-        if os.environ.get(var):
-            return os.environ[var]
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
+def _os_error(root: Path, exc: OSError) -> Exception:
+    """One line for an OSError: transient kinds may pass on retry, the rest (EACCES, ENOSPC…) will not."""
+    what = f"registry {root}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return TransientError(what) if exc.errno in TRANSIENT_ERRNOS else RegistryError(what)
 
 
-def event_digest(event: dict[str, Any]) -> str:
-    return "sha256:" + sha256_bytes(canonical_json(event))
+def _fs(method: F) -> F:
+    """Turn an OSError escaping a storage primitive into a registry error (exit 2), never exit 70."""
+
+    @functools.wraps(method)
+    def wrapper(self: "LocalStorage", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise _os_error(self.root, exc) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
-class LocalRegistry:
+class LocalStorage:
     """A registry in a directory. Safe for concurrent writers on one machine (flock per model)."""
 
+    url: str = ""
+
+    @classmethod
+    def from_url(cls, url: str, base_dir: Path, *, create: bool = False) -> "LocalStorage":
+        """file://PATH; a relative PATH is relative to `base_dir` (the directory of lepton.yml)."""
+        raw = url[len("file://"):] if url.startswith("file://") else url
+        if not raw:
+            raise RegistryError(f"registry URL {url!r} names no directory (expected file://PATH)")
+        return cls(Path(raw) if raw.startswith("/") else Path(base_dir) / raw, create=create)
+
+    @_fs
     def __init__(self, root: Path, *, create: bool = False) -> None:
         self.root = Path(root)
         self.url = f"file://{self.root}"
-        marker = self.root / MARKER
-        if marker.is_file():
-            self._check_marker(marker)
-            return
-        if self.root.exists() and not self.root.is_dir():
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            st = None
+        except NotADirectoryError:
+            raise RegistryError(f"{self.root} is not a lepton-ci registry (a parent of it is a file)") from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             raise RegistryError(f"{self.root} is not a lepton-ci registry (it is a file, expected a directory)")
-        if self.root.is_dir() and self._foreign_entries():
-            if marker.is_file():  # another process created the registry while we looked
-                self._check_marker(marker)
+        if st is not None:
+            if self._read_marker():
                 return
-            raise RegistryError(f"{self.root} is not a lepton-ci registry (no {MARKER}; refusing to write into it)")
+            if self._foreign_entries():
+                if self._read_marker():  # another process created the registry while we looked
+                    return
+                raise RegistryError(f"{self.root} is not a lepton-ci registry (no {MARKER}; refusing to use it)")
         if not create:
-            raise RegistryError(f"no registry at {self.root} (run `lepton-ci tag` to create one, or check --registry)")
+            # Positive: the directory does not exist (or is empty), so nothing was ever tagged here.
+            raise NotFound(f"no registry at {self.root} (run `lepton-ci tag` to create one, or check --registry)")
         self.root.mkdir(parents=True, exist_ok=True)
         try:  # exclusive: of two jobs creating the registry at once, one writes the marker, both use it
-            atomic_write_json(marker, {"kind": "lepton-registry", "schema_version": 1, "created": utcnow()},
-                              exclusive=True)
+            atomic_write_json(self.root / MARKER, {"kind": "lepton-registry", "schema_version": MARKER_SCHEMA,
+                                                   "created": utcnow()}, exclusive=True)
         except FileExistsError:
-            self._check_marker(marker)
+            if not self._read_marker():
+                raise RegistryError(f"{self.root / MARKER} vanished while the registry was being created") from None
 
-    def _check_marker(self, marker: Path) -> None:
+    def _read_marker(self) -> bool:
+        """True for a good marker, False for none; a damaged or foreign one is a RegistryError."""
+        marker = self.root / MARKER
         try:
-            info = json.loads(marker.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            st = os.lstat(marker)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            raise RegistryError(f"{marker} is damaged (not a regular file); is this a lepton-ci registry?")
+        try:
+            info = json.loads(marker.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
             raise RegistryError(f"{marker} is damaged (not JSON); is this a lepton-ci registry?") from None
-        if info.get("kind") != "lepton-registry":
-            raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {info.get('kind')!r})")
+        if not isinstance(info, dict) or info.get("kind") != "lepton-registry":
+            kind = info.get("kind") if isinstance(info, dict) else None
+            raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {kind!r})")
+        version = info.get("schema_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version > MARKER_SCHEMA:
+            raise RegistryError(f"{marker}: registry schema_version {version!r} is not supported "
+                                f"(this lepton-ci reads up to {MARKER_SCHEMA})")
+        return True
 
     def _foreign_entries(self) -> list[str]:
         """Entries other than the marker being written: what makes a directory someone else's."""
         return [p.name for p in self.root.iterdir()
                 if p.name != MARKER and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))]
 
-    # --- paths and validation -------------------------------------------------------------------------
+    def _absent(self, what: Path) -> None:
+        """Confirm that a missing `what` is a positive "not there": the registry itself must still be
+        here. A registry directory that vanished after it was opened is an error, never a first run."""
+        if not (self.root / MARKER).is_file():
+            raise RegistryError(f"registry {self.root} vanished or lost its {MARKER} while in use "
+                                f"(looking for {what})")
+
+    # --- paths ----------------------------------------------------------------------------------------
 
     def _model_dir(self, name: str) -> Path:
-        if not NAME_RE.match(name):
-            raise UserError(f"model name {name!r} is not valid (lower case letters, digits, . _ -)")
         return self.root / "models" / name
 
+    def _manifest(self, name: str, number: int) -> Path:
+        return self._model_dir(name) / "versions" / f"{int(number)}.json"
+
     def _blob(self, digest_hex: str) -> Path:
+        if not HEX64_RE.fullmatch(digest_hex):
+            raise RegistryError(f"{digest_hex!r} is not a sha256 hex digest")
         return self.root / "blobs" / "sha256" / digest_hex
 
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        d = self._model_dir(name)
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / ".lock", "a+") as f:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"model {name!r} in {self.root} is locked by another process") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def _history(self, name: str) -> Path:
+        return self._model_dir(name) / "history.jsonl"
 
-    # --- blobs ----------------------------------------------------------------------------------------
+    # --- listing ----------------------------------------------------------------------------------------
 
-    def _store_blob(self, src: Path) -> tuple[str, int]:
-        """Copy a file into the blob store, hashing as it goes; returns (hex digest, size)."""
-        import hashlib
+    @_fs
+    def models(self) -> list[str]:
+        d = self.root / "models"
+        if not d.is_dir():
+            self._absent(d)
+            return []
+        return sorted(p.name for p in d.iterdir() if p.is_dir())
 
+    @_fs
+    def version_numbers(self, name: str) -> list[int]:
+        d = self._model_dir(name) / "versions"
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            self._absent(d)
+            return []
+        return sorted(int(m.group(1)) for m in map(MANIFEST_RE.fullmatch, names) if m)
+
+    # --- manifests --------------------------------------------------------------------------------------
+
+    @_fs
+    def read_manifest(self, name: str, number: int) -> bytes | None:
+        try:
+            return self._manifest(name, number).read_bytes()
+        except FileNotFoundError:
+            self._absent(self._manifest(name, number))
+            return None
+
+    @_fs
+    def create_manifest(self, name: str, number: int, data: bytes) -> bool:
+        try:
+            atomic_write_bytes(self._manifest(name, number), data, exclusive=True)
+        except FileExistsError:  # never overwrite a version
+            return False
+        return True
+
+    def manifest_location(self, name: str, number: int) -> str:
+        return str(self._manifest(name, number))
+
+    # --- blobs ------------------------------------------------------------------------------------------
+
+    @_fs
+    def put_blob(self, src: Path) -> tuple[str, int]:
+        """Copy a file into the blob store, hashing as it goes. The copy always replaces an existing blob
+        of the same digest: same bytes when that blob is sound, a repair when it rotted, and a fresh mtime
+        either way so `gc` does not take it from under a running tag."""
         tmp_dir = self.root / "blobs" / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
@@ -136,236 +221,116 @@ class LocalRegistry:
             digest = h.hexdigest()
             target = self._blob(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, target)
+            os.replace(tmp, target)
             return digest, size
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
 
-    # --- versions -------------------------------------------------------------------------------------
+    @_fs
+    def open_blob(self, digest_hex: str) -> BinaryIO | None:
+        try:
+            return open(self._blob(digest_hex), "rb")
+        except FileNotFoundError:
+            self._absent(self._blob(digest_hex))
+            return None
 
-    def models(self) -> list[str]:
-        d = self.root / "models"
-        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
-
-    def _version_numbers(self, name: str) -> list[int]:
-        d = self._model_dir(name) / "versions"
+    @_fs
+    def blobs(self) -> list[Stored]:
+        d = self.root / "blobs" / "sha256"
         if not d.is_dir():
             return []
-        return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit())
-
-    def _read_version(self, name: str, number: int) -> ModelVersion:
-        path = self._model_dir(name) / "versions" / f"{number}.json"
-        try:
-            return ModelVersion.read(path)
-        except UserError as exc:
-            raise RegistryError(f"version {number} of {name!r} is unreadable: {exc}") from None
-
-    def versions(self, name: str) -> list[ModelVersion]:
-        return [self._read_version(name, n) for n in self._version_numbers(name)]
-
-    def get(self, name: str, ref: str | int) -> ModelVersion:
-        numbers = self._version_numbers(name)
-        if not numbers:
-            raise RegistryError(f"model {name!r} has no versions in {self.root}")
-        text = str(ref)
-        if text == "latest":
-            return self._read_version(name, numbers[-1])
-        m = re.fullmatch(r"v?(\d+)", text)
-        if m:
-            n = int(m.group(1))
-            if n not in numbers:
-                raise RegistryError(f"model {name!r} has no version {n} (versions: 1..{numbers[-1]})")
-            return self._read_version(name, n)
-        if text.startswith("sha256:"):
-            found = self.versions(name)
-            exact = [v for v in found if v.digest == text]
-            if exact:
-                return exact[0]
-            if len(text) < len("sha256:") + 4:
-                raise RegistryError(f"digest prefix {text!r} is too short (give at least 4 hex digits after sha256:)")
-            matches = [v for v in found if v.digest.startswith(text)]
-            if len(matches) > 1:
-                which = ", ".join(f"v{v.version}" for v in matches)
-                raise RegistryError(f"digest prefix {text} of model {name!r} is ambiguous ({which}); give more digits")
-            if matches:
-                return matches[0]
-            raise RegistryError(f"model {name!r} has no version with digest {text}")
-        aliases = self.aliases(name)
-        if text in aliases:
-            return self._read_version(name, aliases[text])
-        known = ", ".join(sorted(aliases)) or "none"
-        raise RegistryError(f"model {name!r} has no alias {text!r} (aliases: {known}; or give a version number)")
-
-    def push(self, name: str, files: list[tuple[str, Path]], metadata: dict[str, Any], *,
-             aliases: list[str] = (), reason: str = "") -> PushResult:
-        """Register files as the next version; pushing identical files and metadata again returns the existing one."""
-        if not files:
-            raise UserError("no artifact files to register (check train.artifacts in lepton.yml)")
-        for alias in aliases:
-            self._check_alias(alias)
-        stored = []
-        for rel, src in files:
-            if not Path(src).is_file():
-                raise UserError(f"artifact not found: {src}")
-            digest, size = self._store_blob(Path(src))
-            stored.append({"path": rel, "sha256": digest, "size": size})
-        art_digest = artifacts_digest(stored)
-        with self._lock(name):
-            for existing in self.versions(name):
-                # A CI rerun of the same tag job (same files, same run and gate records) is idempotent.
-                if existing.artifacts_digest == art_digest and canonical_json(existing.metadata) == canonical_json(metadata):
-                    events = [self._move(name, a, existing.version, reason) for a in aliases
-                              if self.aliases(name).get(a) != existing.version]
-                    return PushResult(existing, created=False, aliases=events)
-            numbers = self._version_numbers(name)
-            number = (numbers[-1] if numbers else 0) + 1
-            mv = ModelVersion(name=name, version=number, artifacts=stored, artifacts_digest=art_digest,
-                              metadata=metadata, created=utcnow())
-            mv.digest = mv.compute_digest()
-            path = self._model_dir(name) / "versions" / f"{number}.json"
-            try:
-                atomic_write_json(path, mv.to_dict(), exclusive=True)
-            except FileExistsError:  # another writer without our lock; never overwrite
-                raise RegistryError(f"version {number} of {name!r} appeared while writing; retry") from None
-            events = [self._move(name, a, number, reason) for a in aliases]
-        return PushResult(mv, created=True, aliases=events)
-
-    def fetch(self, name: str, version: int, dest: Path) -> Path:
-        """Materialise a version's files under dest, verifying every digest."""
-        mv = self.get(name, version)
-        dest.mkdir(parents=True, exist_ok=True)
-        for art in mv.artifacts:
-            blob = self._blob(art["sha256"])
-            if not blob.is_file():
-                raise RegistryError(f"blob {art['sha256'][:12]} of {name} v{mv.version} ({art['path']}) is missing; run `lepton-ci registry check`")
-            rel = Path(art["path"])
-            if rel.is_absolute() or ".." in rel.parts:
-                raise RegistryError(f"artifact path {art['path']!r} escapes the destination")
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(blob, target)
-            if sha256_file(target) != art["sha256"]:
-                raise RegistryError(f"blob for {art['path']} of {name} v{mv.version} does not match its digest")
-        return dest
-
-    # --- aliases --------------------------------------------------------------------------------------
-
-    def _check_alias(self, alias: str) -> None:
-        if not ALIAS_RE.match(alias) or alias == "latest":
-            raise UserError(f"alias {alias!r} is not valid (lower case letter first, then letters, digits, _ -; not 'latest')")
-
-    def _history_path(self, name: str) -> Path:
-        return self._model_dir(name) / "history.jsonl"
-
-    def _raw_history(self, name: str) -> list[dict[str, Any]]:
-        path = self._history_path(name)
-        if not path.is_file():
-            return []
+        now = time.time()
         out = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
+        for entry in os.scandir(d):
+            if HEX64_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                out.append(Stored("blob", entry.name, st.st_size, max(0.0, now - st.st_mtime)))
+        return sorted(out, key=lambda s: s.key)
+
+    # --- history ----------------------------------------------------------------------------------------
+
+    @_fs
+    def read_history(self, name: str) -> bytes | None:
+        try:
+            return self._history(name).read_bytes()
+        except FileNotFoundError:
+            self._absent(self._history(name))
+            return None
+
+    @_fs
+    def write_history(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self._history(name), data)
+
+    def history_location(self, name: str) -> str:
+        return str(self._history(name))
+
+    # --- lock -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        d = self._model_dir(name)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            f = open(d / ".lock", "a+")
+        except OSError as exc:
+            raise _os_error(self.root, exc) from None
+        with f:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise RegistryError(f"{path}:{i}: alias history is damaged; run `lepton-ci registry check`") from None
-        return out
-
-    def history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
-        events = [AliasEvent.from_dict(e) for e in self._raw_history(name)]
-        return [e for e in events if alias is None or e.alias == alias]
-
-    def aliases(self, name: str) -> dict[str, int]:
-        current: dict[str, int] = {}
-        for e in self.history(name):
-            current[e.alias] = e.to
-        return current
-
-    def _append(self, name: str, event: AliasEvent) -> AliasEvent:
-        raw = self._raw_history(name)
-        event.seq = len(raw) + 1
-        event.prev = event_digest(raw[-1]) if raw else None
-        text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in raw + [event.to_dict()])
-        atomic_write_bytes(self._history_path(name), text.encode())
-        return event
-
-    def _move(self, name: str, alias: str, version: int, reason: str, action: str = "move") -> AliasEvent:
-        current = self.aliases(name).get(alias)
-        return self._append(name, AliasEvent(seq=0, alias=alias, action=action, to=version, from_=current,
-                                             at=utcnow(), reason=reason, actor=_actor()))
-
-    def move_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> AliasEvent:
-        self._check_alias(alias)
-        with self._lock(name):
-            if version not in self._version_numbers(name):
-                raise RegistryError(f"model {name!r} has no version {version}")
-            return self._move(name, alias, version, reason)
-
-    def _alias_stack(self, name: str, alias: str) -> list[int]:
-        """Targets the alias has had, newest last, with rolled-back moves removed."""
-        stack: list[int] = []
-        for e in self.history(name, alias):
-            if e.action == "rollback":
-                if stack:
-                    stack.pop()
-            else:
-                stack.append(e.to)
-        return stack
-
-    def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
-        with self._lock(name):
-            if alias not in self.aliases(name):
-                raise RegistryError(f"model {name!r} has no alias {alias!r}")
-            stack = self._alias_stack(name, alias)
-            if len(stack) < 2:
-                raise RegistryError(f"alias {alias!r} of {name!r} has no previous target to roll back to")
-            return self._move(name, alias, stack[-2], reason or "rollback", action="rollback")
-
-    # --- integrity ------------------------------------------------------------------------------------
-
-    def check(self) -> list[Problem]:
-        problems: list[Problem] = []
-        referenced: set[str] = set()
-        for name in self.models():
-            for number in self._version_numbers(name):
-                where = f"{name} v{number}"
-                try:
-                    mv = self._read_version(name, number)
-                except RegistryError as exc:
-                    problems.append(Problem(where, str(exc)))
-                    continue
-                if mv.version != number or mv.name != name:
-                    problems.append(Problem(where, f"manifest says {mv.name} v{mv.version}"))
-                if mv.compute_digest() != mv.digest:
-                    problems.append(Problem(where, "manifest digest does not match its content (modified after tagging)"))
-                if artifacts_digest(mv.artifacts) != mv.artifacts_digest:
-                    problems.append(Problem(where, "artifacts digest does not match the artifact list"))
-                for art in mv.artifacts:
-                    referenced.add(art["sha256"])
-                    blob = self._blob(art["sha256"])
-                    if not blob.is_file():
-                        problems.append(Problem(where, f"blob {art['sha256'][:12]} ({art['path']}) is missing"))
-                    elif sha256_file(blob) != art["sha256"]:
-                        problems.append(Problem(where, f"blob {art['sha256'][:12]} ({art['path']}) is corrupt"))
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"model {name!r} in {self.root} is locked by another process") from None
+                    time.sleep(0.05)
             try:
-                raw = self._raw_history(name)
-            except RegistryError as exc:
-                problems.append(Problem(f"{name} history", str(exc)))
-                continue
-            numbers = set(self._version_numbers(name))
-            for i, e in enumerate(raw):
-                expected = event_digest(raw[i - 1]) if i else None
-                if e.get("prev") != expected or e.get("seq") != i + 1:
-                    problems.append(Problem(f"{name} history #{i + 1}", "hash chain broken (an entry was changed, lost or reordered)"))
-                if e.get("to") not in numbers:
-                    problems.append(Problem(f"{name} history #{i + 1}", f"alias {e.get('alias')!r} points at missing version {e.get('to')}"))
-        blob_dir = self.root / "blobs" / "sha256"
-        if blob_dir.is_dir():
-            for blob in blob_dir.iterdir():
-                if blob.name not in referenced:
-                    problems.append(Problem(f"blob {blob.name[:12]}", "not referenced by any version (left by an interrupted tag)", "warning"))
-        return problems
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # --- leftovers --------------------------------------------------------------------------------------
+
+    @_fs
+    def temp_files(self) -> list[Stored]:
+        """Files interrupted writes leave: `blobs/tmp/*` (blob copies) and `.NAME.XXXX.tmp` next to the
+        marker, manifests and histories (fsutil's atomic writes). Lock files are not leftovers."""
+        now = time.time()
+        found: list[Path] = []
+        tmp_dir = self.root / "blobs" / "tmp"
+        if tmp_dir.is_dir():
+            found += [p for p in tmp_dir.iterdir()]
+        found += [p for p in self.root.iterdir() if ATOMIC_TEMP_RE.fullmatch(p.name)]
+        models = self.root / "models"
+        if models.is_dir():
+            for dirpath, _dirs, files in os.walk(models):
+                found += [Path(dirpath) / f for f in files if ATOMIC_TEMP_RE.fullmatch(f)]
+        out = []
+        for p in found:
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                out.append(Stored("temp", p.relative_to(self.root).as_posix(), st.st_size, max(0.0, now - st.st_mtime)))
+        return sorted(out, key=lambda s: s.key)
+
+    @_fs
+    def delete(self, item: Stored) -> None:
+        if item.kind == "blob":
+            path = self._blob(item.key)
+        elif item.kind == "temp":
+            parts = item.key.split("/")
+            is_temp = (parts[:2] == ["blobs", "tmp"] and len(parts) == 3) or ATOMIC_TEMP_RE.fullmatch(parts[-1])
+            if ".." in parts or "" in parts or item.key.startswith("/") or not is_temp:
+                raise RegistryError(f"{item.key!r} is not a temporary file of this registry")
+            path = self.root / item.key
+        else:
+            raise RegistryError(f"cannot delete a {item.kind!r}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class LocalRegistry(ModelRegistry):
+    """The file:// registry: the shared registry logic bound to `LocalStorage` (the `BACKENDS` entry)."""
+
+    storage_class = LocalStorage

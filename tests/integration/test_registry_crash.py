@@ -1,5 +1,6 @@
 """Crash consistency of the file registry: tag processes killed with SIGKILL at random moments never
-leave a half-written version, a broken history or a corrupt blob; at worst orphan blobs (warnings)."""
+leave a half-written version, a broken history or a corrupt blob; at worst orphan blobs and temporary
+files, which `check` reports as warnings and `gc` removes."""
 
 from __future__ import annotations
 
@@ -56,6 +57,22 @@ def test_sigkill_during_tag_never_corrupts(tmp_path: Path) -> None:
     aliases = reg.aliases("m")
     if numbers:
         assert set(aliases.values()) <= set(numbers)
+    # whatever the kills left behind is reported, with its size, and gc takes it away
+    leftovers = reg.storage.temp_files()
+    orphans = [b for b in reg.storage.blobs() if b.key not in {a["sha256"] for v in versions for a in v.artifacts}]
+    warned = {p.where for p in problems if p.severity == "warning"}
+    if leftovers:
+        [w] = [p for p in problems if p.where == "temporary files"]
+        assert f"{len(leftovers)} file(s)" in w.message
+    assert warned == ({"temporary files"} if leftovers else set()) | {f"blob {b.key[:12]}" for b in orphans}
+    kept = reg.gc(apply=False)  # all of it is younger than the default minimum age
+    assert {i.action for i in kept} <= {"kept: younger than 60 min (a running tag may own it)"}
+    assert len(reg.storage.temp_files()) == len(leftovers)
+    removed = reg.gc(apply=True, min_age_s=0)
+    assert len(removed) == len(leftovers) + len(orphans) and all(i.action == "deleted" for i in removed)
+    assert reg.check() == []
+    for v in versions:
+        reg.fetch("m", v.version, tmp_path / "fetched" / str(v.version))
     # the registry still takes writes after all those crashes
     mv = reg.push("m", [("weights.bin", art / "weights.bin")], {"run": {"run_id": "after"}}, aliases=["production"]).version
     assert mv.version == len(numbers) + 1 and reg.aliases("m")["production"] == mv.version
