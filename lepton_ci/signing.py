@@ -348,6 +348,8 @@ def verify(record: GateRecord, keys: list[PublicKey]) -> tuple[bool, str]:
     if ms is not None:
         if not isinstance(ms, dict) or bundle_digest(ms.get("bundle")) != ms.get("digest"):
             return False, "the model signature in the gate record does not match its digest"
+        if ms.get("format") != OMS_FORMAT:
+            return False, f"the model signature's format {str(ms.get('format'))[:40]!r} is not {OMS_FORMAT}"
         digest = ms.get("digest")
     try:
         raw = base64.b64decode(str(sig.get("value", "")), validate=True)

@@ -132,15 +132,54 @@ def rollback_cmd(ctx: click.Context, alias: str, reason: str) -> None:
     click.echo(f"{name}: {alias} rolled back v{e.from_} -> v{e.to}")
 
 
+def _signature_verifier(ctx: click.Context, public_keys: tuple[str, ...]):
+    """A check hook that verifies each version's gate signature with the trusted public keys, or None
+    when no key is configured (then only digests are checked, and the output says so)."""
+    from lepton_ci import signing
+    from lepton_ci.records import GateRecord, ModelVersion, artifacts_digest
+
+    config = config_from(ctx, required=False)
+    if config is not None:
+        from lepton_ci.steps.deploy import trusted_keys
+
+        keys = trusted_keys(config, public_keys)
+    else:
+        keys = signing.trusted_keys(explicit=public_keys)
+    if not keys:
+        return None
+
+    def verify(mv: ModelVersion) -> str | None:
+        if not mv.gate or (mv.gate.get("signature") or {}).get("alg") in (None, "none"):
+            return None  # unblessed, not tampered: deploy refuses it anyway
+        try:
+            gate = GateRecord.from_dict(mv.gate, source="gate record")
+        except Exception as exc:  # noqa: BLE001 - a record that cannot be read is a finding, not a crash
+            return f"gate record is malformed: {exc}"
+        ok, reason = signing.verify(gate, keys)
+        if not ok:
+            return f"gate signature: {reason}"
+        if gate.candidate.get("digest") != artifacts_digest(mv.artifacts):
+            return "the signed gate record blesses other artifacts"
+        return None
+
+    return verify
+
+
 @registry_group.command("check")
+@click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
+              help="Also verify each version's gate signature with this public key (file or PEM); repeatable. "
+                   "Default: LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def check_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Verify every digest, blob and the alias history chain. Exit 1 on any error."""
+def check_cmd(ctx: click.Context, public_keys: tuple[str, ...], as_json: bool) -> None:
+    """Verify every digest, blob, gate signature and the alias history chain. Exit 1 on any error."""
     from lepton_ci.errors import StepFailed
 
     reg = _registry(ctx)
-    problems = reg.check()
+    verifier = _signature_verifier(ctx, public_keys)
+    problems = reg.check(verifier=verifier)
+    if verifier is None:
+        click.echo("note: no public key configured: gate signatures were not checked", err=True)
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
         echo_json([{"where": p.where, "message": p.message, "severity": p.severity} for p in problems])

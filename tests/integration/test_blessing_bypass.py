@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ from lepton_ci.steps import deploy as deploy_step
 from lepton_ci.steps.gate import gate
 from lepton_ci.steps.tag import tag
 from lepton_ci.steps.train import train
-from tests.e2e.helpers import CONFIG, make_project
+from tests.e2e.helpers import make_project
 from tests.support.keys import OTHER_PRIVATE_PEM, PRIVATE_PEM, PUBLIC_PEM
 
 SERVED: list[bytes] = []
@@ -57,7 +56,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LEPTON_CI_SIGNING_KEY", PRIVATE_PEM)
     monkeypatch.delenv("LEPTON_CI_PUBLIC_KEY", raising=False)
     monkeypatch.delenv("LEPTON_CI_REGISTRY", raising=False)
-    root = make_project(tmp_path / "p", CONFIG.format(python=sys.executable))
+    root = make_project(tmp_path / "p")
     (root / "signing.pub").write_text(PUBLIC_PEM)
     with open(root / "lepton.yml", "a") as f:
         f.write("signing:\n  public_key: signing.pub\n")
