@@ -80,8 +80,6 @@ def test_train_failure_and_timeout_exit_1_and_keep_the_record(project: Path) -> 
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        ('{"eval": {"accuracy": NaN}}', "'eval.accuracy' is nan"),
-        ('{"eval": {"accuracy": Infinity}}', "'eval.accuracy' is inf"),
         ('{"eval": {"accuracy": 0.9', "malformed JSON"),
         ('[1, 2]', "must hold a mapping"),
     ],
@@ -91,6 +89,20 @@ def test_bad_metrics_files_exit_2(project: Path, content: str, needle: str) -> N
     (project / "train.py").write_text(script)
     r = cli("train", cwd=project)
     assert_one_line_error(r, 2, "metrics.json", needle)
+
+
+@pytest.mark.parametrize("value, shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")])
+def test_a_non_finite_metric_is_skipped_with_a_note_and_the_gate_names_it(project: Path, value: str, shown: str) -> None:
+    """One NaN no longer hides the file's other metrics; the gate rule on the skipped metric fails by name."""
+    content = f'{{"eval": {{"accuracy": {value}, "loss": 0.1}}, "epochs": 3}}'
+    (project / "train.py").write_text(f"open('metrics.json','w').write({content!r}); open('model.bin','w').write('m')\n")
+    r = cli("train", cwd=project)
+    assert r.code == 0, r
+    assert f"'eval.accuracy' is {shown}" in r.err
+    metrics = read(project / ".lepton/run.json")["metrics"]
+    assert metrics == {"eval.loss": 0.1, "epochs": 3}
+    r = cli("gate", "--baseline", "none", cwd=project)
+    assert r.code == 1 and "eval.accuracy" in r.out, r
 
 
 def test_missing_metrics_file_and_artifact_name_the_config_line(project: Path) -> None:
@@ -146,7 +158,7 @@ def test_gate_tag_registry_report_flow(project: Path) -> None:
     assert r.code == 0, r
     assert "no baseline (first run)" in r.out and "verdict: pass (signed)" in r.out
     gate = read(project / ".lepton/gate.json")
-    assert gate["verdict"] == "pass" and gate["signature"]["alg"] == "hmac-sha256"
+    assert gate["verdict"] == "pass" and gate["signature"]["alg"] == "ecdsa-p256-sha256"
     assert gate["baseline"]["metrics"] is None
     assert len(gate["results"]) == 3
 
@@ -238,7 +250,10 @@ def test_registry_errors(project: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in junk.iterdir()) == ["data.txt"]
     # tag into a non-registry directory writes nothing there
     (project / "lepton.yml").write_text((project / "lepton.yml").read_text() + f"registry: file://{junk}\n")
-    assert cli("train", cwd=project, env=KEY).code == 0 and cli("gate", cwd=project, env=KEY).code == 0
+    assert cli("train", cwd=project, env=KEY).code == 0
+    # the gate fails closed: a directory that is not a registry is never "no baseline"
+    assert_one_line_error(cli("gate", cwd=project, env=KEY), 2, "is not a lepton-ci registry")
+    assert cli("gate", "--baseline", "none", cwd=project, env=KEY).code == 0
     assert_one_line_error(cli("tag", cwd=project, env=KEY), 2, "is not a lepton-ci registry")
     assert sorted(p.name for p in junk.iterdir()) == ["data.txt"]
     assert_one_line_error(cli("registry", "--registry", "s3://x", "list", cwd=project), 2, "not understood")
