@@ -3,6 +3,10 @@
 Subcommands live in `lepton_ci.commands.*` and are imported only when invoked, so `--help` and
 `--version` stay fast and never import numpy, torch, jinja2 or requests. Every error reaches the user
 as one line and an exit code: 2 for bad input, 1 for a failed step; `--debug` shows the traceback.
+
+No line this module prints can carry a secret: `main` registers the value of every secret variable
+(lepton_ci.secrets) before a command runs, and every error message and traceback is masked on the way
+out, including "internal error" ones, whose text nobody has vetted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("lepton_ci.commands.deploy", "deploy_group", "Deploy a blessed version; status, stop, rollback."),
     "report": ("lepton_ci.commands.report", "report_cmd", "Render the markdown report for the pull request."),
     "config": ("lepton_ci.commands.config", "config_group", "Validate lepton.yml or print its JSON Schema."),
+    "keys": ("lepton_ci.commands.keys", "keys_group", "Generate and inspect the signing key pair."),
 }
 
 
@@ -63,17 +68,33 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("LEPTON_CI_DEBUG", "").lower() in ("1", "true", "yes", "on")
 
 
+def _masked(text: str) -> str:
+    """`text` with every registered secret replaced by ***."""
+    from lepton_ci.forge.http import mask_secrets  # stdlib-only module: fine on the error path
+
+    return mask_secrets(text)
+
+
 def _traceback_if_debug(args: list[str]) -> None:
-    """With --debug, show where an error came from; the exit code stays the same as without it."""
+    """With --debug, show where an error came from (masked); the exit code stays the same as without it."""
     if _debug_requested(args):
         import traceback
 
-        traceback.print_exc()
+        click.echo(_masked(traceback.format_exc()).rstrip("\n"), err=True)
+
+
+def _register_secrets() -> None:
+    """Register the secrets in the environment for masking, importing the masking code only if any is set."""
+    from lepton_ci.secrets import register_env_secrets, secret_values
+
+    if secret_values():
+        register_env_secrets()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps every exception to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    _register_secrets()
     try:
         cli.main(args=args, prog_name="lepton-ci", standalone_mode=False)
         return 0
@@ -87,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         where = f"{ctx.command_path}: " if ctx is not None else "lepton-ci: "
         hint = "" if ctx is None else f" (see '{ctx.command_path} --help')"
-        click.echo(f"{where}error: {exc.format_message()}{hint}", err=True)
+        click.echo(_masked(f"{where}error: {exc.format_message()}{hint}"), err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("lepton-ci: interrupted", err=True)
@@ -97,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
 
         _traceback_if_debug(args)
         if isinstance(exc, LeptonError):
-            click.echo(f"lepton-ci: error: {exc}", err=True)
+            click.echo(_masked(f"lepton-ci: error: {exc}"), err=True)
             return exc.exit_code
         if isinstance(exc, OSError) and exc.filename:
-            click.echo(f"lepton-ci: error: {exc.strerror}: {exc.filename}", err=True)
+            click.echo(_masked(f"lepton-ci: error: {exc.strerror}: {exc.filename}"), err=True)
             return 2
-        click.echo(f"lepton-ci: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        click.echo(_masked(f"lepton-ci: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+                           "traceback)"), err=True)
         return 70
 
 

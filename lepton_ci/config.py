@@ -1,8 +1,14 @@
 """lepton.yml: loading, validation against the shipped JSON Schema, and errors that carry file:line.
 
-YAML is composed into nodes first so every value keeps its line; jsonschema then validates the plain
-data, and each error is mapped back to the line of the key it concerns. Only the first problem (by
-line) is reported: one clear line beats a wall of cascading messages.
+YAML is composed into nodes first so every value keeps its line, and the node graph is checked by
+`lepton_ci.yamlsafe.check_graph` before anything is built (a recursive alias or an alias bomb is one
+ConfigError with file:line, not a hang or an out-of-memory kill). Scalars follow PyYAML's YAML 1.1 rules
+plus 1.2 floats with an exponent (see lepton_ci/yamlsafe.py for why). jsonschema then validates the
+plain data, and each error is mapped back to the line of the key it concerns. Only the first problem
+(by line) is reported: one clear line beats a wall of cascading messages.
+
+Names are checked again here with `re.fullmatch`: the schema's `^...$` patterns are run by jsonschema
+with Python's `re.search`, where `$` also matches before a final newline, so "digits\n" would pass.
 """
 
 from __future__ import annotations
@@ -10,12 +16,14 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from lepton_ci.errors import ConfigError, UserError
+from lepton_ci.limits import CONFIG_MAX_BYTES, read_limited
 
 DEFAULT_NAME = "lepton.yml"
 DEFAULT_REGISTRY = "file://.lepton/registry"
@@ -37,11 +45,16 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
 
 
-def _yaml_loader(text: str):
-    import yaml
+MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_NO_FINAL_NEWLINE = "(?!\\n)"
+MODEL_NAME_WANT = "lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
 
-    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return loader_cls(text)
+
+def _yaml_loader(text: str) -> Any:
+    from lepton_ci.yamlsafe import loader_class
+
+    return loader_class(yaml12=False)(text)
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -52,18 +65,23 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
     """Parse YAML into plain data plus a map from key path to 1-based line number."""
     import yaml
 
+    from lepton_ci.yamlsafe import YamlError, YamlLimitError, compose
+
     loader = _yaml_loader(text)
     try:
-        node = loader.get_single_node()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = f"{mark.line + 1}" if mark is not None else "1"
-        raise ConfigError(f"not valid YAML: {_yaml_problem(exc)}", where=f"{filename}:{line}") from None
+        node = compose(loader, filename)  # refuses recursive aliases and alias bombs before building
+    except YamlLimitError as exc:
+        raise ConfigError(exc.problem, where=f"{filename}:{exc.line or 1}") from None
+    except YamlError as exc:
+        raise ConfigError(f"not valid YAML: {exc.problem}", where=f"{filename}:{exc.line or 1}") from None
     finally:
         loader.dispose()
     lines: dict[KeyPath, int] = {}
     if node is None:
         return None, lines
+    # A tagged or oversized scalar (`!!int abc`, `!!timestamp x`, a 5,000-digit integer) fails inside
+    # PyYAML's constructors with plain Python errors; each is the user's bad value, not a crash.
+    BAD_VALUE = (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError)
 
     def build(n: Any, path: KeyPath) -> Any:
         lines[path] = n.start_mark.line + 1
@@ -79,7 +97,7 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
             for index, (key_node, value_node) in enumerate(n.value):
                 try:
                     key = loader.construct_object(key_node, deep=True)
-                except yaml.YAMLError as exc:
+                except BAD_VALUE as exc:
                     raise ConfigError(f"bad key: {_yaml_problem(exc)}", where=f"{filename}:{key_node.start_mark.line + 1}") from None
                 if not isinstance(key, (str, int, float, bool)):
                     raise ConfigError("mapping keys must be plain scalars", where=f"{filename}:{key_node.start_mark.line + 1}")
@@ -98,8 +116,8 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
             return [build(item, path + (i,)) for i, item in enumerate(n.value)]
         try:
             return loader.construct_object(n, deep=True)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"bad value: {exc}", where=f"{filename}:{n.start_mark.line + 1}") from None
+        except BAD_VALUE as exc:
+            raise ConfigError(f"bad value: {_yaml_problem(exc)}", where=f"{filename}:{n.start_mark.line + 1}") from None
 
     return build(node, ()), lines
 
@@ -147,7 +165,8 @@ def _error_message(err: Any, lines: dict[KeyPath, int]) -> tuple[KeyPath, str]:
     if v == "const":
         return path, f"{name!r} must be {err.validator_value!r}; got {err.instance!r}"
     if v == "pattern":
-        return path, f"{name!r} must match {err.validator_value}; got {err.instance!r}"
+        shown = str(err.validator_value).replace(_NO_FINAL_NEWLINE, "")  # the guard is noise to a reader
+        return path, f"{name!r} must match {shown}; got {err.instance!r}"
     if v == "anyOf" and path and path[-2:-1] == ("rules",):
         return path, f"{name!r} needs at least one of min, max, max_drop, max_drop_pct"
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
@@ -179,10 +198,31 @@ def _passes_fast_check(data: Any) -> bool:
     return True
 
 
+def _check_names(data: dict[str, Any], lines: dict[KeyPath, int], filename: str) -> None:
+    """Whole-string checks of the names that become registry paths, tags and URLs (see the module
+    docstring: a pattern alone lets a trailing newline through)."""
+    checks: list[tuple[KeyPath, Any, re.Pattern[str], str]] = []
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name"), str):
+        checks.append((("model", "name"), model["name"], MODEL_NAME_RE, MODEL_NAME_WANT))
+    aliases = (data.get("tag") or {}).get("aliases") if isinstance(data.get("tag"), dict) else None
+    for i, alias in enumerate(aliases if isinstance(aliases, list) else []):
+        if isinstance(alias, str):
+            checks.append((("tag", "aliases", i), alias, ALIAS_RE, "an alias name"))
+    deploy = data.get("deploy")
+    if isinstance(deploy, dict) and isinstance(deploy.get("alias"), str):
+        checks.append((("deploy", "alias"), deploy["alias"], ALIAS_RE, "an alias name"))
+    for path, value, pattern, want in checks:
+        if not pattern.fullmatch(value):
+            raise ConfigError(f"{format_keypath(path)!r} must be {want}; got {value!r}",
+                              where=f"{filename}:{_line_for(lines, path)}")
+
+
 def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {_describe(data)}", where=f"{filename}:1")
     if _passes_fast_check(data):
+        _check_names(data, lines, filename)
         return
     from jsonschema import Draft202012Validator
 
@@ -194,6 +234,9 @@ def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
     for err in errors:
         path, message = _error_message(err, lines)
         located.append((_line_for(lines, path), message))
+    if not located:
+        _check_names(data, lines, filename)
+        return
     located.sort()
     line, message = located[0]
     more = f" (and {len(located) - 1} more problem(s))" if len(located) > 1 else ""
@@ -265,7 +308,7 @@ class Config:
 def load_config(path: str | os.PathLike) -> Config:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = read_limited(p, CONFIG_MAX_BYTES, "config file", p.name).decode()
     except FileNotFoundError:
         raise UserError(f"config file not found: {p} (create lepton.yml or pass --config PATH)") from None
     except IsADirectoryError:

@@ -1,7 +1,7 @@
 """Git access through the git binary: revision info and reading files at a revision.
 
-Files at a revision are read through one `git cat-file --batch` process for all paths, which is what
-keeps `metrics diff` fast on repositories with many metrics files.
+Files at a revision are read through one `git cat-file --batch` process for all paths (and for the
+config that names them), which is what keeps `metrics diff` fast on repositories with many metrics files.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from lepton_ci.errors import UserError
+from lepton_ci.limits import METRICS_MAX_BYTES, too_large
 
 WORKSPACE = "workspace"
 
@@ -49,41 +50,115 @@ def git_info(cwd: Path) -> dict[str, object]:
     return {"sha": sha, "ref": ref, "repo": _strip_credentials(remote) if remote else None, "dirty": dirty}
 
 
-def read_files_at(rev: str, paths: list[Path], cwd: Path) -> dict[Path, bytes | None]:
-    """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one.
+class BlobReader:
+    """One `git cat-file --batch` process for one revision, asked one object at a time.
 
-    One `git cat-file --batch` process answers everything: the first request is the revision itself
-    (so an unknown revision is told apart from a missing file), the rest are `REV:./PATH`, which git
-    resolves against cwd. Each extra git process would cost a few milliseconds per call."""
-    if "\n" in rev or any("\n" in str(p) for p in paths):
-        raise UserError("git revisions and metrics paths must not contain line breaks")
-    rel = [os.path.relpath(p if p.is_absolute() else cwd / p, cwd) for p in paths]
-    request = f"{rev}^{{commit}}\n" + "".join(f"{rev}:./{r}\n" for r in rel)
-    try:
-        proc = subprocess.run(["git", "cat-file", "--batch"], cwd=cwd, input=request.encode(), capture_output=True)
-    except FileNotFoundError:
-        raise UserError("git is not installed (needed to read revisions)") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
+    Answers are read as they come (git flushes after each object), so a caller can read lepton.yml at a
+    revision, learn from it which metrics files to read, and read those from the same process: one git
+    process per revision however the reads are split. Each blob's size is in git's header line, so a
+    blob over `limit` is skipped without being held in memory and reported as too large."""
+
+    def __init__(self, rev: str, cwd: Path) -> None:
+        if "\n" in rev:
+            raise UserError("git revisions must not contain line breaks")
+        self.rev, self.cwd = rev, cwd
+        try:
+            self._proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=cwd, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise UserError("git is not installed (needed to read revisions)") from None
+        try:
+            # The revision itself first, so an unknown revision is told apart from a missing file.
+            if self._request(f"{rev}^{{commit}}", None, "") is None:
+                raise UserError(f"unknown git revision {rev!r} (expected a branch, tag, commit or 'workspace')")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "BlobReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closing both pipes ends git even if it is blocked writing an answer nobody will read."""
+        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        self._proc.wait()
+
+    def _failed(self) -> UserError:
+        """git died (not a repository, a path outside it): its stderr says why."""
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        assert self._proc.stderr is not None
+        err = self._proc.stderr.read().decode(errors="replace").strip()
+        code = self._proc.wait()
         if "not a git repository" in err:
-            raise UserError(f"{cwd} is not inside a git repository; cannot read revision {rev!r}")
+            return UserError(f"{self.cwd} is not inside a git repository; cannot read revision {self.rev!r}")
         m = re.search(r"'\./(.*)' is outside repository at '(.*)'", err)
         if m:
-            raise UserError(f"{m.group(1)} is outside the git repository {m.group(2)}")
-        raise UserError(f"git cat-file failed: {err.splitlines()[-1] if err else proc.returncode}")
-    buf, pos = proc.stdout, 0
-    answers: list[bytes | None] = []
-    for _ in range(len(paths) + 1):
-        end = buf.index(b"\n", pos)
-        line = buf[pos:end]
-        pos = end + 1
+            return UserError(f"{m.group(1)} is outside the git repository {m.group(2)}")
+        return UserError(f"git cat-file failed: {err.splitlines()[-1] if err else code}")
+
+    def _request(self, spec: str, limit: int | None, what: str) -> bytes | None:
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            stdin.write(os.fsencode(spec) + b"\n")
+            stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise self._failed() from None
+        header = stdout.readline()
+        if not header.endswith(b"\n"):
+            raise self._failed()
+        header = header[:-1]
         # "<object> missing" / "<object> ambiguous" echo the request, which may hold spaces: test the end.
-        if line.endswith((b" missing", b" ambiguous")):
-            answers.append(None)
-            continue
-        _oid, kind, size = line.rsplit(b" ", 2)
-        answers.append(buf[pos:pos + int(size)] if kind == b"blob" else b"" if kind == b"commit" else None)
-        pos += int(size) + 1
-    if answers[0] is None:
-        raise UserError(f"unknown git revision {rev!r} (expected a branch, tag, commit or 'workspace')")
-    return dict(zip(paths, answers[1:]))
+        if header.endswith((b" missing", b" ambiguous")):
+            return None
+        _oid, kind, size_text = header.rsplit(b" ", 2)
+        size = int(size_text)
+        if limit is not None and kind == b"blob" and size > limit:
+            left = size + 1
+            while left:
+                chunk = stdout.read(min(left, 1 << 20))
+                if not chunk:
+                    raise self._failed()
+                left -= len(chunk)
+            raise too_large(what, limit, spec)
+        body = stdout.read(size)
+        stdout.read(1)  # the newline after each object
+        if len(body) != size:
+            raise self._failed()
+        return body if kind == b"blob" else b"" if kind == b"commit" else None
+
+    def read(self, paths: list[Path], *, limit: int | None = METRICS_MAX_BYTES,
+             what: str = "metrics file") -> dict[Path, bytes | None]:
+        """Contents of `paths` (absolute or relative to cwd) at the revision; None where it lacks one
+        (or where the path is a directory). `REV:./PATH` makes git resolve PATH against cwd."""
+        if any("\n" in str(p) for p in paths):
+            raise UserError("git revisions and metrics paths must not contain line breaks")
+        out: dict[Path, bytes | None] = {}
+        for p in paths:
+            rel = os.path.relpath(p if p.is_absolute() else self.cwd / p, self.cwd)
+            out[p] = self._request(f"{self.rev}:./{rel}", limit, what)
+        return out
+
+
+def read_files_at(rev: str, paths: list[Path], cwd: Path, *, limit: int | None = METRICS_MAX_BYTES,
+                  what: str = "metrics file") -> dict[Path, bytes | None]:
+    """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one.
+
+    One `git cat-file --batch` process answers everything (each extra git process would cost a few
+    milliseconds per call). A blob larger than `limit` is a UserError naming `REV:./PATH`."""
+    if "\n" in rev or any("\n" in str(p) for p in paths):
+        raise UserError("git revisions and metrics paths must not contain line breaks")
+    with BlobReader(rev, cwd) as reader:
+        return reader.read(paths, limit=limit, what=what)

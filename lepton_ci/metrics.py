@@ -1,27 +1,39 @@
-"""Metrics files: load (JSON, YAML, TOML), flatten nested keys with dots, diff, format.
+"""Metrics files: load (JSON, YAML 1.2, TOML), flatten nested keys with dots, diff, format.
 
 Flat `{"eval.accuracy": 0.93}` is the one shape every record and rule uses. Only numbers are
 metrics; strings and booleans in a metrics file are ignored rather than guessed at.
+
+A value that cannot be a metric (NaN, an infinity, an integer too large for a float) is skipped with a
+note naming the metric and the file, and the file's other metrics still count: one bad value used to
+hide a whole file, and an oversized integer used to surface later as an OverflowError. Two keys that
+flatten to the same name (`{"a.b": 1, "a": {"b": 2}}`) also get a note (the later one is kept). The
+notes travel with the values (`ParsedMetrics`) so each caller can show them where its user looks:
+`metrics diff` prints them under the table, `train` stores them in the run record and warns on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from lepton_ci.errors import UserError
+from lepton_ci.limits import METRICS_MAX_BYTES, read_limited, too_large
 
 Number = int | float
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
+_FLOAT_MAX = sys.float_info.max
 
 
-def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None) -> dict[str, Number]:
+def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None,
+            collisions: list[str] | None = None) -> dict[str, Number]:
     """Nested mappings and lists to one level, keys joined with dots. Iterative with exact type checks:
     it runs over every value of every metrics file, and recursion with isinstance first was a third of
-    the time of `metrics diff` on large files."""
+    the time of `metrics diff` on large files. With `collisions`, each flat name set twice (a dotted key
+    and a nested one) is appended to it; the later value wins."""
     out = {} if out is None else out
     stack: list[tuple[str, Any]] = [(prefix, obj)]
     pop, push = stack.pop, stack.append
@@ -29,6 +41,8 @@ def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None) ->
         name, value = pop()
         kind = type(value)
         if kind is float or kind is int or (kind is not bool and isinstance(value, (int, float))):
+            if collisions is not None and name in out:
+                collisions.append(name)
             out[name] = value
         elif isinstance(value, dict):
             for key, item in reversed(list(value.items())):
@@ -39,46 +53,77 @@ def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None) ->
     return out
 
 
-def parse_metrics(text: str | bytes, source: str, filename: str | None = None) -> dict[str, Number]:
-    """Parse and flatten one metrics file's content; the format comes from the file extension."""
+@dataclass(frozen=True)
+class ParsedMetrics:
+    """One metrics file's flat numeric values, and the notes about what was skipped or ambiguous.
+
+    Each note names the file (the `source` label given to `parse_metrics`) and the metric."""
+
+    values: dict[str, Number]
+    notes: tuple[str, ...] = ()
+
+
+def parse_metrics(text: str | bytes, source: str, filename: str | None = None) -> ParsedMetrics:
+    """Parse and flatten one metrics file's content; the format comes from the file extension.
+
+    Errors that make the whole file unusable (unsupported type, malformed, not a mapping, over the size
+    limit) raise UserError naming `source`; problems with single values become notes."""
     fmt = FORMATS.get(Path(filename or source).suffix.lower())
     if fmt is None:
         raise UserError(f"unsupported metrics file type (expected one of: {', '.join(FORMATS)})", where=source)
+    if len(text) > METRICS_MAX_BYTES:
+        raise too_large("metrics file", METRICS_MAX_BYTES, source)
     try:
         if fmt == "json":
-            data = json.loads(text)  # NaN/Infinity parse, then fail below naming the key
+            data = json.loads(text)  # NaN/Infinity parse, then are skipped below with a note
         elif fmt == "yaml":
-            import yaml
+            from lepton_ci.yamlsafe import YamlError, YamlLimitError, load
 
-            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            try:
+                data = load(text, source, yaml12=True)
+            except YamlLimitError:
+                raise
+            except YamlError as exc:
+                raise UserError(f"malformed YAML metrics: {exc.problem}", where=source) from None
         else:
             import tomllib
 
             data = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+    except UserError:
+        raise
     except UnicodeDecodeError:
         raise UserError("metrics file is not UTF-8 text", where=source) from None
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise UserError(f"malformed {fmt.upper()} metrics: {str(exc).splitlines()[0]}", where=source) from None
-    except Exception as exc:  # yaml.YAMLError, without importing yaml up front
-        raise UserError(f"malformed {fmt.upper()} metrics: {str(exc).splitlines()[0]}", where=source) from None
+    except RecursionError:  # json.loads of thousands of nested brackets
+        raise UserError(f"malformed {fmt.upper()} metrics: nested too deeply", where=source) from None
     if not isinstance(data, dict):
         raise UserError("a metrics file must hold a mapping of names to numbers", where=source)
-    flat = flatten(data)
-    for key, value in flat.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"metric {key!r} is {value}; metrics must be finite numbers", where=source)
-    return flat
+    collisions: list[str] = []
+    flat = flatten(data, collisions=collisions)
+    notes = [f"{source}: metric {key!r} is given twice (a dotted key and a nested one); the later value is used"
+             for key in dict.fromkeys(collisions)]
+    bad = [key for key, value in flat.items()
+           if (type(value) is float and not math.isfinite(value)) or (type(value) is not float and abs(value) > _FLOAT_MAX)]
+    for key in bad:
+        value = flat.pop(key)
+        why = f"is {value}" if isinstance(value, float) else f"is an integer too large for a float ({len(str(abs(value)))} digits)"
+        notes.append(f"{source}: metric {key!r} {why}; skipped (metrics must be finite numbers)")
+    return ParsedMetrics(flat, tuple(notes))
 
 
-def load_metrics_file(path: str | Path, display: str | None = None) -> dict[str, Number]:
+def load_metrics_file(path: str | Path, display: str | None = None) -> ParsedMetrics:
+    """Read (at most METRICS_MAX_BYTES) and parse one metrics file on disk; errors name `display`."""
     p = Path(path)
     name = display or str(p)
     try:
-        data = p.read_bytes()
+        data = read_limited(p, METRICS_MAX_BYTES, "metrics file", name)
     except FileNotFoundError:
         raise UserError("metrics file not found", where=name) from None
     except IsADirectoryError:
         raise UserError("metrics path is a directory, expected a file", where=name) from None
+    except OSError as exc:
+        raise UserError(f"cannot read metrics file: {exc.strerror}", where=name) from None
     return parse_metrics(data, name, p.name)
 
 

@@ -17,7 +17,7 @@ def metrics_group() -> None:
 @metrics_group.command("diff")
 @click.argument("a", required=False, default="HEAD")
 @click.argument("b", required=False, default="workspace")
-@click.option("-t", "--targets", multiple=True, metavar="PATH", help="Metrics files to compare (default: train.metrics).")
+@click.option("-t", "--targets", multiple=True, metavar="PATH", help="Metrics files to compare (default: train.metrics of lepton.yml, else the metrics of dvc.yaml, at each revision).")
 @click.option("--md", "markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--precision", type=click.IntRange(0, 12), default=None,
@@ -36,17 +36,26 @@ def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markd
 
     if markdown and as_json:
         raise UserError("--md and --json exclude each other; pick one")
+    from lepton_ci.config import DEFAULT_NAME
+
+    files: list[str] | None
     if targets:
-        files, base = list(targets), Path.cwd()
+        files, base, config_name = list(targets), Path.cwd(), DEFAULT_NAME
     else:
+        # Each side reads its own list (lepton.yml, else dvc.yaml, at that revision); the workspace
+        # config is still loaded (and validated) here so a broken lepton.yml is an error, not a note.
+        files = None
         config = config_from(ctx, required=False)
-        if config is None:
-            raise UserError("no metrics files: pass --targets PATH or run where lepton.yml lists train.metrics")
-        files = list(config.section("train").get("metrics") or [])
-        if not files:
-            raise UserError("lepton.yml lists no train.metrics; pass --targets PATH", where=config.where("train"))
-        base = config.root
-    result = diff_revisions(a, b, files, base)
+        if config is not None:
+            if not config.section("train").get("metrics"):
+                raise UserError("lepton.yml lists no train.metrics; pass --targets PATH", where=config.where("train"))
+            base, config_name = config.root, config.path.name
+        else:
+            base, config_name = Path.cwd(), DEFAULT_NAME
+            if not (base / "dvc.yaml").is_file():
+                raise UserError("no metrics files: pass --targets PATH, or run where lepton.yml lists "
+                                "train.metrics or dvc.yaml lists metrics")
+    result = diff_revisions(a, b, files, base, config_name=config_name)
     if as_json:
         echo_json(result.to_json(show_all, precision))
     else:

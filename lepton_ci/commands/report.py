@@ -27,15 +27,16 @@ def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output:
     With --post, the report becomes one sticky comment per (model, workflow), found on every page of
     comments and updated in place on reruns.
     """
-    from lepton_ci.fsutil import atomic_write_bytes
-    from lepton_ci.steps.report import report
+    from lepton_ci.forge.http import mask_secrets
+    from lepton_ci.steps.report import report, write_report
 
     config = config_from(ctx)
-    text = report(config, run_path=run_path, gate_path=gate_path, deployment_path=deployment_path)
+    assert config is not None  # required=True: a missing lepton.yml is a UserError
+    text = mask_secrets(report(config, run_path=run_path, gate_path=gate_path, deployment_path=deployment_path))
     if output == "-":
         click.echo(text, nl=False)
     else:
-        atomic_write_bytes(Path(output), text.encode())
+        write_report(Path(output), text)
         click.echo(f"report written to {output}", err=True)
     from lepton_ci.forge.detect import detect
     from lepton_ci.forge.outputs import emit
@@ -45,7 +46,7 @@ def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output:
     forge = detect()
     if not post and (not summary or forge.summary_path is None):
         return
-    from lepton_ci.forge.publish import annotations, publish
+    from lepton_ci.forge.publish import gate_annotations, publish
     from lepton_ci.records import GateRecord
 
     gate_file = gate_path or config.gate_path
@@ -55,8 +56,10 @@ def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output:
     rule_lines = {r["metric"]: int(config.where("gate", "rules", i).rsplit(":", 1)[1])
                   for i, r in enumerate(config.section("gate").get("rules") or [])}
     config_rel = _relative_to_workspace(config.path)
-    result = publish(text, forge, model=config.model_name, gate=gate, post=post, summary=summary, status=post and commit_status,
-                     emit=click.echo, annotation_lines=annotations(gate, config_rel, rule_lines))
+    # workflow commands on stderr: the runner reads them there, and stdout is the report (`> report.md`)
+    result = publish(text, forge, model=config.model_name, gate=gate, post=post, summary=summary,
+                     status=post and commit_status, emit=lambda line: click.echo(line, err=True),
+                     annotation_lines=gate_annotations(gate, config_rel, rule_lines))
     for notice in result.notices:
         click.echo(f"lepton-ci: notice: {notice}", err=True)
     if result.comment:

@@ -21,6 +21,7 @@ GITLAB_TOKEN_VARS = ("LEPTON_CI_GITLAB_TOKEN", "GITLAB_TOKEN")
 class ForgeContext:
     kind: str  # "github", "gitlab" or "local"
     api_url: str | None = None
+    api_url_source: str | None = None  # the variable api_url came from, for error messages
     server_url: str | None = None
     repository: str | None = None  # owner/name on GitHub, numeric id or path on GitLab
     pr_number: int | None = None
@@ -54,6 +55,7 @@ def _github(env: Mapping[str, str]) -> ForgeContext:
     server = env.get("GITHUB_SERVER_URL", "https://github.com")
     ctx = ForgeContext(
         kind="github", api_url=env.get("GITHUB_API_URL") or _default_github_api(server), server_url=server,
+        api_url_source="GITHUB_API_URL" if env.get("GITHUB_API_URL") else "GITHUB_SERVER_URL",
         repository=env.get("GITHUB_REPOSITORY"), head_sha=env.get("GITHUB_SHA"), token=token, token_source=source,
         workflow=env.get("GITHUB_WORKFLOW"), event=env.get("GITHUB_EVENT_NAME"),
         summary_path=Path(env["GITHUB_STEP_SUMMARY"]) if env.get("GITHUB_STEP_SUMMARY") else None,
@@ -109,6 +111,7 @@ def _gitlab(env: Mapping[str, str]) -> ForgeContext:
     iid = env.get("CI_MERGE_REQUEST_IID")
     ctx = ForgeContext(
         kind="gitlab", api_url=env.get("CI_API_V4_URL") or server.rstrip("/") + "/api/v4", server_url=server,
+        api_url_source="CI_API_V4_URL" if env.get("CI_API_V4_URL") else "CI_SERVER_URL",
         # a merge request from a fork lives in the target project: CI_MERGE_REQUEST_PROJECT_ID names it
         repository=env.get("CI_MERGE_REQUEST_PROJECT_ID") or env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH"), pr_number=int(iid) if iid and iid.isdigit() else None,
         head_sha=env.get("CI_COMMIT_SHA"), base_sha=env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA"), token=token,

@@ -6,7 +6,7 @@ request that does not exist (or that the token cannot see).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from lepton_ci.forge.http import AmbiguousWrite, ForgeError, HttpClient
 
@@ -23,10 +23,15 @@ class GitHubAPI:
                  **http_options: Any) -> None:
         self.repo = repository
         self.token_source = token_source or "the token"
-        self.http = HttpClient(api_url, headers={
+        self._http = HttpClient(api_url, headers={
             "Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION, "User-Agent": "lepton-ci",
         }, **http_options)
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP client (ForgeAPI): publish reads its retry count and backoff, and logs through it."""
+        return self._http
 
     def _explain(self, what: str, permission: str, number: int | None, fn: Callable[[], T]) -> T:
         try:
@@ -54,7 +59,7 @@ class GitHubAPI:
             raise ForgeError(f"cannot {what}: {hint} ({exc.message})", status=status) from None
 
     def list_comments(self, number: int) -> Iterator[dict[str, Any]]:
-        pages = self.http.paginate(f"/repos/{self.repo}/issues/{number}/comments", {"per_page": 100})
+        pages = self._http.paginate(f"/repos/{self.repo}/issues/{number}/comments", {"per_page": 100})
         while True:
             c = self._explain("read the pull request's comments", "pull-requests: read", number,
                               lambda: next(pages, None))
@@ -63,12 +68,12 @@ class GitHubAPI:
             yield {"id": c["id"], "body": c.get("body") or "", "url": c.get("html_url")}
 
     def create_comment(self, number: int, body: str) -> dict[str, Any]:
-        c = self._explain("comment on the pull request", "pull-requests: write", number, lambda: self.http.request(
+        c = self._explain("comment on the pull request", "pull-requests: write", number, lambda: self._http.request(
             "POST", f"/repos/{self.repo}/issues/{number}/comments", json_body={"body": body}, idempotent=False).body)
         return {"id": c["id"], "url": c.get("html_url")}
 
     def update_comment(self, number: int, comment_id: int, body: str) -> dict[str, Any]:
-        c = self._explain("update the pull request comment", "pull-requests: write", None, lambda: self.http.request(
+        c = self._explain("update the pull request comment", "pull-requests: write", None, lambda: self._http.request(
             "PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}", json_body={"body": body}).body)
         return {"id": c["id"], "url": c.get("html_url")}
 
@@ -78,5 +83,11 @@ class GitHubAPI:
         if target_url:
             body["target_url"] = target_url
         # a repeated status is harmless (GitHub keeps the latest per context), so retrying is safe
-        self._explain("set a commit status", "statuses: write", None, lambda: self.http.request(
+        self._explain("set a commit status", "statuses: write", None, lambda: self._http.request(
             "POST", f"/repos/{self.repo}/statuses/{sha}", json_body=body, idempotent=True))
+
+
+if TYPE_CHECKING:  # mypy: GitHubAPI is a ForgeAPI, constructor included
+    from lepton_ci.forge.base import ForgeAPIFactory
+
+    _factory: ForgeAPIFactory = GitHubAPI

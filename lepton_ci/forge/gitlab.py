@@ -6,7 +6,7 @@ notes but not write them, which is why detection never falls back to it for post
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 from urllib.parse import quote
 
 from lepton_ci.forge.http import AmbiguousWrite, ForgeError, HttpClient
@@ -22,12 +22,18 @@ class GitLabAPI:
     kind = "gitlab"
     body_limit = BODY_LIMIT
 
-    def __init__(self, api_url: str, project: str, token: str, *, token_source: str | None = None,
+    def __init__(self, api_url: str, repository: str, token: str, *, token_source: str | None = None,
                  **http_options: Any) -> None:
-        self.project_name = str(project)
-        self.project = quote(str(project), safe="")
+        """`repository` is the project's numeric id or its path (group/name), as ForgeAPIFactory names it."""
+        self.project_name = str(repository)
+        self.project = quote(str(repository), safe="")
         self.token_source = token_source or "the token"
-        self.http = HttpClient(api_url, headers={"PRIVATE-TOKEN": token, "User-Agent": "lepton-ci"}, **http_options)
+        self._http = HttpClient(api_url, headers={"PRIVATE-TOKEN": token, "User-Agent": "lepton-ci"}, **http_options)
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP client (ForgeAPI): publish reads its retry count and backoff, and logs through it."""
+        return self._http
 
     def _notes(self, iid: int) -> str:
         return f"/projects/{self.project}/merge_requests/{iid}/notes"
@@ -54,7 +60,7 @@ class GitLabAPI:
             raise ForgeError(f"cannot {what}: {hint} ({exc.message})", status=exc.status) from None
 
     def list_comments(self, number: int) -> Iterator[dict[str, Any]]:
-        pages = self.http.paginate(self._notes(number), {"per_page": 100, "sort": "asc", "order_by": "created_at"})
+        pages = self._http.paginate(self._notes(number), {"per_page": 100, "sort": "asc", "order_by": "created_at"})
         while True:
             n = self._explain("read the merge request's notes", number, lambda: next(pages, None))
             if n is None:
@@ -63,12 +69,12 @@ class GitLabAPI:
                 yield {"id": n["id"], "body": n.get("body") or "", "url": None}
 
     def create_comment(self, number: int, body: str) -> dict[str, Any]:
-        n = self._explain("post a merge request note", number, lambda: self.http.request(
+        n = self._explain("post a merge request note", number, lambda: self._http.request(
             "POST", self._notes(number), json_body={"body": body}, idempotent=False).body)
         return {"id": n["id"], "url": None}
 
     def update_comment(self, number: int, comment_id: int, body: str) -> dict[str, Any]:
-        n = self._explain("update the merge request note", number, lambda: self.http.request(
+        n = self._explain("update the merge request note", number, lambda: self._http.request(
             "PUT", f"{self._notes(number)}/{comment_id}", json_body={"body": body}).body)
         return {"id": n["id"], "url": None}
 
@@ -76,7 +82,13 @@ class GitLabAPI:
         body: dict[str, Any] = {"state": STATES[state], "name": context, "description": description[:255]}
         if target_url:
             body["target_url"] = target_url
-        self._explain("set a commit status", None, lambda: self.http.request(
+        self._explain("set a commit status", None, lambda: self._http.request(
             "POST", f"/projects/{self.project}/statuses/{sha}", json_body=body, idempotent=True),
             "setting a commit status needs a token with the `api` scope and at least the Developer role "
             "(CI_JOB_TOKEN cannot): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN")
+
+
+if TYPE_CHECKING:  # mypy: GitLabAPI is a ForgeAPI, constructor included
+    from lepton_ci.forge.base import ForgeAPIFactory
+
+    _factory: ForgeAPIFactory = GitLabAPI

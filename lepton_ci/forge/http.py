@@ -9,9 +9,14 @@ acted on it (the connection was refused, or the API answered 429 / a rate limit)
 (a reset or timeout after the request was sent, a 5xx) the client raises `AmbiguousWrite`, and the caller
 looks before it tries again (see `publish.post_sticky`), so a retry never posts a second comment.
 
-Nothing that leaves this module (exceptions, log lines) can contain a registered secret. Defaults can be
+Nothing that leaves this module (exceptions, log lines) can contain a registered secret, and no token
+header follows a redirect to another origin (see `session.NoLeakSession`). Every failure of a request,
+including a malformed API URL or a token that is not a valid header value, is a one-line `ForgeError`. Defaults can be
 tuned with LEPTON_CI_HTTP_RETRIES, LEPTON_CI_HTTP_BACKOFF (seconds), LEPTON_CI_HTTP_TIMEOUT (seconds) and
 LEPTON_CI_HTTP_MAX_WAIT (seconds); `--debug` (or LEPTON_CI_DEBUG=1) logs every request, masked.
+
+This module imports nothing heavy at module level (requests loads on the first request): the CLI entry
+point imports it to mask its error messages, and `lepton-ci --help` must stay light.
 """
 
 from __future__ import annotations
@@ -35,9 +40,16 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret so `mask` removes it; short values are ignored to avoid masking everything."""
-    if value and len(value) >= 6:
-        _SECRETS.add(value)
+    """Remember a secret so `mask` removes it; short values are ignored to avoid masking everything.
+
+    Also registered: the value without surrounding whitespace, each line of a multi-line value (a message
+    may quote one line), and the backslash-escaped form that `repr()` and exception texts use.
+    """
+    if not value:
+        return
+    forms = {value, value.strip(), *(line.strip() for line in value.splitlines())}
+    forms |= {f.encode("unicode_escape").decode("ascii") for f in list(forms)}
+    _SECRETS.update(f for f in forms if len(f) >= 6)
 
 
 def mask_secrets(text: str) -> str:
@@ -52,6 +64,32 @@ def mask(text: str) -> str:
     text = mask_secrets(text)
     return re.sub(r"(?i)(authorization|private-token|job-token)(['\"]?\s*[:=]\s*['\"]?)(bearer |token |basic )?[^\s'\",}]+",
                   r"\1\2\3***", text)
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be an API URL (None when it can): checked before requests ever sees it, so a typo
+    in GITHUB_API_URL or CI_API_V4_URL is a one-line error naming the problem, not a crash."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "it contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError as exc:
+        return f"it cannot be parsed ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "it must start with http:// or https://" + (f", not {parts.scheme}://" if parts.scheme else "")
+    if not parts.hostname:
+        return "it has no host name"
+    return None
+
+
+def header_problem(headers: dict[str, str]) -> str | None:
+    """Which header cannot be sent, without quoting its value (it is usually a token)."""
+    for name, value in headers.items():
+        if re.search(r"[\r\n\x00]", value) or value != value.strip():
+            return (f"the {name} header is not a valid HTTP header value: the token has a line break, a NUL or "
+                    "surrounding spaces (check how the secret was stored)")
+    return None
 
 
 def _one_line(text: str) -> str:
@@ -123,20 +161,31 @@ class HttpClient:
     def __post_init__(self) -> None:
         for key, value in self.headers.items():
             if key.lower() in SECRET_HEADERS and value:
-                register_secret(value.split()[-1])
+                register_secret(value.split(None, 1)[-1])  # "Bearer <token>": the token (logs keep "Bearer ***")
 
     @property
     def session(self) -> Any:
+        """A `NoLeakSession`: token headers never follow a redirect to another origin."""
         if self._session is None:
-            import requests
+            from lepton_ci.forge.session import NoLeakSession
 
-            self._session = requests.Session()
+            self._session = NoLeakSession()
             self._session.trust_env = True
             self._session.headers.update(self.headers)
         return self._session
 
-    def _log(self, line: str) -> None:
+    def log_masked(self, line: str) -> None:
+        """Send one line to the client's log with secrets masked (retries, waits, warnings of callers)."""
         self.log(mask(line))
+
+    def check(self, method: str, url: str) -> None:
+        """Refuse, as a one-line ForgeError, a request requests could not even build."""
+        problem = url_problem(url)
+        if problem:
+            raise ForgeError(f"{method} {url}: invalid URL: {problem}")
+        problem = header_problem({k: str(v) for k, v in self.session.headers.items()})
+        if problem:
+            raise ForgeError(f"{method} {url}: {problem}")
 
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.base_url.rstrip("/") + "/" + path.lstrip("/")
@@ -182,21 +231,25 @@ class HttpClient:
         if idempotent is None:
             idempotent = method in IDEMPOTENT
         url = self.url(path)
+        self.check(method, url)
         last, last_status = "", None
         for attempt in range(self.max_retries + 1):
-            self._log(f"debug: {method} {url}{' ' + json.dumps(params) if params else ''} "
+            self.log_masked(f"debug: {method} {url}{' ' + json.dumps(params) if params else ''} "
                      f"headers={json.dumps({k: v for k, v in self.session.headers.items()})}"
                      f"{f' body: {len(json.dumps(json_body))} bytes of JSON' if json_body is not None else ''}")
             try:
                 resp = self.session.request(method, url, json=json_body, params=params,
                                             timeout=(min(10.0, self.timeout_s), self.timeout_s))
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError) as exc:
                 last = _transport_error(exc)
                 if not idempotent and not _never_sent(exc):
                     raise AmbiguousWrite(f"{method} {url}: {last}; the server may or may not have acted on it") from None
                 wait = self.backoff_s * 2 ** attempt
+            except (requests.RequestException, ValueError) as exc:  # the request could not be built or sent
+                raise ForgeError(f"{method} {url}: {_request_error(exc, url)}") from None
             else:
-                self._log(f"debug: {method} {url} -> HTTP {resp.status_code}"
+                self.log_masked(f"debug: {method} {url} -> HTTP {resp.status_code}"
                          + "".join(f" {k}={resp.headers[k]}" for k in ("Retry-After", "x-ratelimit-remaining", "Link")
                                    if k in resp.headers))
                 wait, rate_limited = self._wait_for(resp, attempt)
@@ -213,7 +266,7 @@ class HttpClient:
                 raise ForgeError(f"{method} {url}: rate limited ({last}); the API asks to wait {wait:.0f}s, more than "
                                  f"the {self.max_wait_s:.0f}s lepton-ci waits (LEPTON_CI_HTTP_MAX_WAIT); try again later",
                                  status=429)
-            self._log(f"warning: {method} {url}: {last}; retrying in {wait:.1f}s ({attempt + 1}/{self.max_retries})")
+            self.log_masked(f"warning: {method} {url}: {last}; retrying in {wait:.1f}s ({attempt + 1}/{self.max_retries})")
             self.sleep(wait)
         raise ForgeError(f"{method} {url}: failed after {self.max_retries + 1} attempts ({last})", status=last_status)
 
@@ -229,7 +282,7 @@ class HttpClient:
 
     def paginate(self, path: str, params: dict[str, Any] | None = None, max_pages: int = 1000) -> Iterator[Any]:
         """Every item of a list endpoint, following `Link: rel="next"` (GitHub, GitLab) or X-Next-Page (GitLab)."""
-        url: str | None = path
+        url: str = path
         query: dict[str, Any] | None = dict(params or {})
         seen: set[str] = set()
         for _ in range(max_pages):
@@ -272,6 +325,25 @@ def _transport_error(exc: Exception) -> str:
         if needle in text:
             return short
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _request_error(exc: Exception, url: str) -> str:
+    """A short, token-free description of a request requests refused to build or send (never retried).
+
+    Exception texts are not trusted to be token-free (InvalidHeader quotes the header value), so the
+    known kinds get a message of our own.
+    """
+    import requests
+
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        return ("a request header is not a valid HTTP header value: the token has a line break, a NUL or "
+                "surrounding spaces (check how the secret was stored)")
+    if isinstance(exc, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
+                        requests.exceptions.InvalidURL)):
+        return f"invalid URL: {url_problem(url) or type(exc).__name__}"
+    if isinstance(exc, requests.TooManyRedirects):
+        return "too many redirects"
+    return f"{type(exc).__name__}: {mask(_one_line(str(exc)))[:200]}"
 
 
 def _never_sent(exc: Exception) -> bool:

@@ -3,16 +3,22 @@ annotations for failed gate rules, and a commit status with the gate verdict.
 
 A forge that cannot be written to (fork PR, no token, job token on GitLab) never fails the job: the
 report goes to the job summary and a notice says why.
+
+Workflow commands (`::add-mask::`, `::error`, `::notice`) go to stderr by default: the GitHub runner reads
+them from stderr as well as stdout, and stdout is the report itself (`lepton-ci report --post > report.md`
+must not capture a token in an `::add-mask::` line).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from lepton_ci.forge.base import FORGES, ForgeAPI, ForgeAPIFactory
 from lepton_ci.forge.detect import ForgeContext
-from lepton_ci.forge.http import AmbiguousWrite, ForgeError, mask, mask_secrets, register_secret
+from lepton_ci.forge.http import AmbiguousWrite, ForgeError, mask, mask_secrets, register_secret, url_problem
 from lepton_ci.forge.outputs import emit as emit_outputs
 from lepton_ci.records import GateRecord
 
@@ -62,7 +68,7 @@ def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = 
         budget -= size(out) - limit + 16
 
 
-def post_sticky(api: Any, number: int, body: str, marker: str) -> dict[str, Any]:
+def post_sticky(api: ForgeAPI, number: int, body: str, marker: str) -> dict[str, Any]:
     """Create or update the one comment that starts with `marker`, searching every page of comments.
 
     A create that may have reached the server but got no answer (reset, timeout, 5xx) is never repeated
@@ -98,24 +104,39 @@ def post_sticky(api: Any, number: int, body: str, marker: str) -> dict[str, Any]
                 raise ForgeError(f"cannot post the comment: {exc.message} (gave up after {attempts} attempts)",
                                  status=exc.status) from None
             wait = http.backoff_s * 2 ** attempt
-            http._log(f"warning: {exc.message}; looking for the comment before trying again in {wait:.1f}s")
+            http.log_masked(f"warning: {exc.message}; looking for the comment before trying again in {wait:.1f}s")
             http.sleep(wait)
             existing = find()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def make_api(ctx: ForgeContext, **http_options: Any) -> Any:
-    if ctx.kind == "github":
-        from lepton_ci.forge.github import GitHubAPI
+def make_api(ctx: ForgeContext, **http_options: Any) -> ForgeAPI:
+    """The ForgeAPI for the detected forge, from the one FORGES table; a malformed API URL is refused here
+    with the variable it came from, before any request."""
+    if ctx.kind not in FORGES:
+        raise ForgeError(f"cannot post from {ctx.kind}: {ctx.read_only_reason}")
+    problem = url_problem(ctx.api_url or "")
+    if problem:
+        source = f" (from {ctx.api_url_source})" if ctx.api_url_source else ""
+        raise ForgeError(f"the {ctx.kind} API URL {ctx.api_url!r}{source} is not valid: {problem}")
+    from lepton_ci.plugins import load
 
-        return GitHubAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source,
-                         **http_options)
-    if ctx.kind == "gitlab":
-        from lepton_ci.forge.gitlab import GitLabAPI
+    factory: ForgeAPIFactory = load(FORGES, ctx.kind, "forge", protocol=ForgeAPI)
+    return factory(ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source,
+                   **http_options)
 
-        return GitLabAPI(ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source,
-                         **http_options)
-    raise ForgeError(f"cannot post from {ctx.kind}: {ctx.read_only_reason}")
+
+def stderr_line(line: str) -> None:
+    """Where workflow commands go by default: stderr, which the runner reads, never the report's stdout."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def mask_commands(token: str | None) -> list[str]:
+    """`::add-mask::` lines for a token, one per line of it: a line break would end the command and print
+    the rest of the token in clear."""
+    if not token:
+        return []
+    return [f"::add-mask::{line.strip()}" for line in token.splitlines() if line.strip()]
 
 
 def _escape_data(text: str) -> str:
@@ -129,7 +150,7 @@ def _escape_property(text: str) -> str:
 _escape_annotation = _escape_data  # the name report.py and older callers use
 
 
-def annotations(gate: GateRecord | None, config_file: str, rule_lines: dict[str, int]) -> list[str]:
+def gate_annotations(gate: GateRecord | None, config_file: str, rule_lines: dict[str, int]) -> list[str]:
     """`::error file=…,line=…::` lines for failed gate rules (GitHub shows them on the PR's files)."""
     out = []
     for r in (gate.results if gate else []):
@@ -166,11 +187,13 @@ def _write_summary(path: Any, report: str, notices: list[str]) -> None:
 
 
 def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | None, post: bool = True,
-            summary: bool = True, status: bool = True, emit: Callable[[str], None] = print,
-            http_options: dict[str, Any] | None = None, annotation_lines: list[str] = ()) -> PublishResult:
+            summary: bool = True, status: bool = True, emit: Callable[[str], None] = stderr_line,
+            http_options: dict[str, Any] | None = None, annotation_lines: Sequence[str] = ()) -> PublishResult:
+    """Post, summarise and annotate. `emit` receives GitHub workflow commands (default: stderr)."""
     register_secret(ctx.token)
-    if ctx.kind == "github" and ctx.token:
-        emit(f"::add-mask::{ctx.token}")
+    if ctx.kind == "github":
+        for line in mask_commands(ctx.token):
+            emit(line)
     result = PublishResult()
     if post:
         if ctx.pr_number is None:

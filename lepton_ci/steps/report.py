@@ -7,6 +7,7 @@ only lays it out.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,24 @@ from lepton_ci.metrics import fmt_number
 from lepton_ci.records import Deployment, GateRecord, ModelVersion, RunRecord
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+REPORT_MODE = 0o600
 
 
-def _read_optional(cls: type, path: Path | None) -> Any:
+def write_report(path: Path, text: str) -> None:
+    """Write the report atomically, readable by its owner only, with every registered secret masked.
+
+    0600 because the report is assembled from records a training run influenced and may be written on a
+    shared runner; the job summary and the PR comment are where it is meant to be read. Every writer of
+    report.md (`lepton-ci report -o`, `lepton-ci run`) should go through here.
+    """
+    from lepton_ci.forge.http import mask_secrets
+    from lepton_ci.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(path, mask_secrets(text).encode("utf-8"))  # its temp file is created 0600 (mkstemp)
+    os.chmod(path, REPORT_MODE)  # and stays so even if the atomic writer's mode ever changes
+
+
+def _read_optional(cls: Any, path: Path | None) -> Any:
     return cls.read(path) if path is not None and path.is_file() else None
 
 
@@ -65,14 +81,18 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
         if base.get("note"):
             notes.append(str(base["note"]))
     src = run or None
-    git = (src.git if src else gate.candidate.get("git")) or {}
-    candidate = {"run_id": src.run_id if src else gate.candidate.get("run_id"), "git_sha": (git.get("sha") or "")[:10],
+    from_gate = gate.candidate if gate else {}
+    git = (src.git if src else from_gate.get("git")) or {}
+    candidate = {"run_id": src.run_id if src else from_gate.get("run_id"), "git_sha": (git.get("sha") or "")[:10],
                  "git_ref": git.get("ref"), "dirty": git.get("dirty")}
     signature = None
     if gate:
         sig = gate.signature or {}
-        signature = (f"Gate record signed (HMAC-SHA256, key {sig.get('key_id')})" if sig.get("alg") == "hmac-sha256"
-                     else f"Gate record unsigned: {sig.get('reason', 'no signing key')}")
+        if sig.get("alg") == "ecdsa-p256-sha256":
+            oms = " and model files signed (OpenSSF model-signing)" if sig.get("model_signature") else ""
+            signature = f"Gate record signed (ECDSA P-256, key {sig.get('key_id')}){oms}"
+        else:
+            signature = f"Gate record unsigned: {sig.get('reason', 'no signing key')}"
     verdict = gate.verdict if gate else None
     dep = None
     if deployment is not None:
@@ -103,7 +123,7 @@ def render(context: dict[str, Any]) -> str:
 def report(config: Config, *, run_path: Path | None = None, gate_path: Path | None = None,
            deployment_path: Path | None = None, include_version: bool = True) -> str:
     from lepton_ci.registry import open_registry
-    from lepton_ci.steps.tag import read_tagged_version
+    from lepton_ci.records import read_tagged_version
 
     run = _read_optional(RunRecord, run_path or config.run_path)
     gate = _read_optional(GateRecord, gate_path or config.gate_path)
@@ -115,7 +135,7 @@ def report(config: Config, *, run_path: Path | None = None, gate_path: Path | No
     if gate is not None and run is not None and gate.candidate.get("run_id") != run.run_id:
         notes.append(f"gate.json belongs to run {gate.candidate.get('run_id')}, not to run {run.run_id}: it is not shown")
         gate = None
-    version = read_tagged_version(config) if include_version else None
+    version = read_tagged_version(config.root) if include_version else None
     if version is not None and run is not None and version.run and version.run.get("run_id") != run.run_id:
         version = None  # the last tag was of another run; do not present it as this one's
     aliases: list[str] = []

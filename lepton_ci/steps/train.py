@@ -24,8 +24,9 @@ from lepton_ci.environment import capture as capture_environment
 from lepton_ci.errors import StepFailed, UserError
 from lepton_ci.fsutil import sha256_file
 from lepton_ci.gitio import git_info
-from lepton_ci.metrics import load_metrics_file
+from lepton_ci.metrics import ParsedMetrics, load_metrics_file
 from lepton_ci.records import RunRecord, artifacts_digest
+from lepton_ci.secrets import scrubbed_environ
 from lepton_ci.timeutil import utcnow
 
 KILL_GRACE_S = 5.0
@@ -41,8 +42,9 @@ def _env_value(value: Any) -> str:
 
 
 def parse_param_overrides(items: list[str]) -> dict[str, Any]:
-    """`--param key=value` pairs; values are read as YAML scalars so 0.5 is a number and true a bool."""
-    import yaml
+    """`--param key=value` pairs; values are read as YAML scalars (lepton.yml's rules, through the one
+    bounded loader) so 0.5 is a number and true a bool; a value that is not YAML stays a string."""
+    from lepton_ci.yamlsafe import YamlError, YamlLimitError, load
 
     out: dict[str, Any] = {}
     for item in items:
@@ -50,26 +52,35 @@ def parse_param_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"--param {item!r}: expected KEY=VALUE")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+            out[key.strip()] = load(value, f"--param {key.strip()}", yaml12=False) if value.strip() else ""
+        except YamlLimitError:
+            raise
+        except YamlError:
             out[key.strip()] = value
     return out
 
 
 def _expand(config: Config, key: str, patterns: list[str], kind: str) -> list[tuple[str, Path]]:
-    """Expand globs relative to the config dir into (relative path, absolute path), sorted, unique."""
+    """Expand globs relative to the config dir into (relative path, absolute path), sorted, unique.
+
+    Every match must resolve (symlinks followed) inside the project directory: artifacts are copied into
+    the registry and data files are hashed into the record, so `../x`, `/etc/...` or a link pointing out
+    of the checkout would publish files the project does not own (a pull request could name the runner's
+    secrets). Such a pattern is a UserError naming it and its line."""
     found: dict[str, Path] = {}
+    root = config.root.resolve()
     for i, pattern in enumerate(patterns):
         matches = sorted(glob.glob(str(config.resolve(pattern)), recursive=True))
         files = [Path(m) for m in matches if Path(m).is_file()]
         if not files:
             raise UserError(f"{kind} pattern {pattern!r} matched no file", where=config.where("train", key, i))
         for f in files:
-            try:
-                rel = f.resolve().relative_to(config.root).as_posix()
-            except ValueError:
-                rel = str(f.resolve())
-            found[rel] = f
+            target = f.resolve()
+            if not target.is_relative_to(root):
+                link = f" (which resolves to {target})" if target != Path(os.path.abspath(f)) else ""
+                raise UserError(f"train.{key}[{i}]: {kind} pattern {pattern!r} matches {f}{link}, outside the project "
+                                f"directory {root}; only files inside it can be recorded", where=config.where("train", key, i))
+            found[target.relative_to(root).as_posix()] = f
     return sorted(found.items())
 
 
@@ -85,7 +96,10 @@ def _hash_files(files: list[tuple[str, Path]], with_size: bool) -> list[dict[str
 
 def _stream(proc: subprocess.Popen[bytes], log_path: Path, quiet: bool, to_stderr: bool) -> None:
     out = sys.stderr.buffer if to_stderr else sys.stdout.buffer
-    with open(log_path, "wb") as log:
+    # 0600 like the records: a training log can hold whatever the command printed (paths, tokens).
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as log:
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, b""):
             log.write(line)
@@ -138,15 +152,18 @@ def written_since(path: Path, start_ns: int) -> bool:
     return path.stat().st_mtime_ns >= start_ns - STALE_SLACK_NS
 
 
-def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> dict[str, Any]:
-    """Metrics logged through the library first, then each metrics file; a key seen twice must agree.
+def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> tuple[dict[str, Any], list[str]]:
+    """(metrics, notes): metrics logged through the library first, then each metrics file; a key seen
+    twice must agree. The notes say which values were skipped (NaN, infinities, integers too large for
+    a float) or ambiguous; they go into the record and onto stderr, never silently away.
 
     A metrics file older than the run is an error: gating on the previous run's numbers is the worst
     silent failure a gate can have.
     """
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    sources: list[tuple[str, dict[str, Any]]] = []
+    notes: list[str] = []
+    sources: list[tuple[str, ParsedMetrics]] = []
     logged = run_dir / tracking.METRICS_FILE
     if logged.is_file():
         sources.append(("lepton_ci.log_metrics", load_metrics_file(logged, "lepton_ci.log_metrics")))
@@ -158,12 +175,13 @@ def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> dict[str, A
             raise UserError(f"metrics file {rel!r} is older than this run: the training command did not rewrite it",
                             where=config.where("train", "metrics", i))
         sources.append((rel, load_metrics_file(path, rel)))
-    for name, values in sources:
-        for key, value in values.items():
+    for name, parsed in sources:
+        notes.extend(parsed.notes)
+        for key, value in parsed.values.items():
             if key in merged and merged[key] != value:
                 raise UserError(f"metric {key!r} is {merged[key]} in {origin[key]} but {value} in {name}")
             merged[key], origin[key] = value, name
-    return merged
+    return merged, notes
 
 
 def train(config: Config, *, param_overrides: dict[str, Any] | None = None, timeout: float | None = None,
@@ -181,7 +199,7 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
     if not workdir.is_dir():
         raise UserError(f"train.workdir {section.get('workdir')!r} is not a directory", where=config.where("train", "workdir"))
 
-    env = dict(os.environ)
+    env = scrubbed_environ(section.get("env_passthrough") or [])  # no signing key or tokens for user code
     env.update({str(k): _env_value(v) for k, v in (section.get("env") or {}).items()})
     env[tracking.RUN_DIR_ENV] = str(run_dir)
     env[tracking.PARAMS_ENV] = json.dumps(params)
@@ -211,7 +229,11 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
     logged_params = run_dir / tracking.PARAMS_FILE
     if logged_params.is_file():
         record.params = {**params, **json.loads(logged_params.read_text())}
-    record.metrics = collect_metrics(config, run_dir, start_ns)
+    record.metrics, notes = collect_metrics(config, run_dir, start_ns)
+    if notes:
+        record.extra["notes"] = notes
+        for note in notes:
+            print(f"lepton-ci: warning: {note}", file=sys.stderr)
     artifacts = _expand(config, "artifacts", section.get("artifacts") or [], "artifact")
     stale = [rel for rel, path in artifacts if not written_since(path, start_ns)]
     if stale:

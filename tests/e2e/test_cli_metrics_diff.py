@@ -86,3 +86,41 @@ def test_errors(repo: Path, tmp_path: Path) -> None:
     empty.mkdir()
     assert_one_line_error(cli("metrics", "diff", cwd=empty), 2, "--targets")
     assert_one_line_error(cli("metrics", "diff", "HEAD", "-t", "x.json", cwd=empty), 2, "not inside a git repository")
+
+
+def test_renamed_metrics_file_in_lepton_yml_shows_removed_and_added(repo: Path) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "two")
+    (repo / "lepton.yml").write_text("model: {name: m}\ntrain:\n  command: 'true'\n  metrics: [./renamed.json, sub/m.yaml]\n")
+    git(repo, "mv", "m.json", "renamed.json")
+    git(repo, "commit", "-qam", "rename")
+    r = cli("metrics", "diff", "HEAD~1", "HEAD", "--json", cwd=repo)
+    assert r.code == 0, r
+    data = json.loads(r.out)
+    assert data["files"]["m.json"]["eval.acc"] == {"old": 0.95, "new": None, "diff": None, "pct": None}
+    assert data["files"]["renamed.json"]["eval.acc"] == {"old": None, "new": 0.95, "diff": None, "pct": None}
+    assert "sub/m.yaml" not in data["files"]  # unchanged
+    assert "m.json: not listed in lepton.yml at HEAD" in data["notes"]
+
+
+def test_dvc_project_without_lepton_yml(tmp_path: Path) -> None:
+    root = tmp_path / "dvc"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "dvc.yaml").write_text("stages:\n  train:\n    cmd: python t.py\n    metrics:\n      - m.yaml:\n          cache: false\n")
+    (root / "m.yaml").write_text("lr: 1e-3\non: 1\nacc: 0.5\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "one")
+    (root / "m.yaml").write_text("lr: 2e-3\non: 1\nacc: 0.5\n")
+    r = cli("metrics", "diff", "--json", "--all", cwd=root)
+    assert r.code == 0, r
+    data = json.loads(r.out)
+    assert data["files"]["m.yaml"]["lr"] == {"old": 0.001, "new": 0.002, "diff": pytest.approx(0.001), "pct": pytest.approx(100.0)}
+    assert set(data["files"]["m.yaml"]) == {"lr", "on", "acc"}
+    assert data["notes"] == []
+
+
+def test_dot_slash_target_is_the_same_file(repo: Path) -> None:
+    r = cli("metrics", "diff", "--json", "-t", "./m.json", "-t", "m.json", cwd=repo)
+    assert r.code == 0, r
+    assert list(json.loads(r.out)["files"]) == ["m.json"]

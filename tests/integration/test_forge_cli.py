@@ -138,7 +138,8 @@ def run(project: Path, env: dict[str, str], *args: str, standins: tuple[Any, ...
     r = Run(Result(proc.returncode, proc.stdout, proc.stderr),
             tmp_summary.read_text()[len(before_summary):] if tmp_summary.is_file() else "",
             tmp_output.read_text()[len(before_output):] if tmp_output.is_file() else "")
-    masks = {f"::add-mask::{env[k]}" for k in ("GITHUB_TOKEN", "LEPTON_CI_GITHUB_TOKEN") if env.get(k)}
+    masks = {f"::add-mask::{line.strip()}" for k in ("GITHUB_TOKEN", "LEPTON_CI_GITHUB_TOKEN") if env.get(k)
+             for line in env[k].splitlines() if line.strip()}  # one per line of a (broken) multi-line token
     assert_no_canary(r, masks, *standins)
     return r
 
@@ -156,9 +157,10 @@ def assert_no_canary(r: Run, masks: set[str], *standins: Any) -> None:
         assert canary not in r.outputs, "canary in the step outputs"
         for s in standins:
             assert canary not in s.bodies_seen(), f"canary in what {s.name} received"
-    for line in masks & set(err_lines):  # printed before any workflow command or log line of ours
-        first_command = next(i for i, x in enumerate(err_lines) if x.startswith(("::", "lepton-ci:")))
-        assert err_lines.index(line) == first_command, err_lines
+    first_other = next((i for i, x in enumerate(err_lines) if x.startswith(("::", "lepton-ci:")) and x not in masks),
+                       len(err_lines))
+    for line in masks & set(err_lines):  # printed before any other workflow command or log line of ours
+        assert err_lines.index(line) < first_other, err_lines
 
 
 def sticky(s: Any, number: int) -> list[dict[str, Any]]:
@@ -351,3 +353,47 @@ def test_gitlab_errors_exit_2(failing: Path, tmp_path: Path, fault: int, needles
         gl.fail("notes/create", fault)
         r = run(failing, gitlab_env(gl, failing, tmp_path), standins=(gl,))
         assert_one_line_error(r.result, 2, *needles)
+
+
+# ---- malformed API URLs and tokens: one line, exit 2, never an internal error ----------------------------
+
+@pytest.mark.parametrize(("forge", "extra", "needles"), [
+    ("github", {"GITHUB_API_URL": "htp://x"}, ["GITHUB_API_URL", "must start with http:// or https://, not htp://"]),
+    ("github", {"GITHUB_API_URL": "http://[::1"}, ["GITHUB_API_URL", "cannot be parsed"]),
+    ("github", {"GITHUB_API_URL": "", "GITHUB_SERVER_URL": "ghe.example"}, ["GITHUB_SERVER_URL", "http://"]),
+    ("github", {"GITHUB_TOKEN": CANARY + "\nX-Injected: 1"}, ["not a valid HTTP header value", "line break"]),
+    ("github", {"GITHUB_TOKEN": CANARY + "\n"}, ["not a valid HTTP header value"]),
+    ("gitlab", {"CI_API_V4_URL": "htp://gitlab.example/api/v4"}, ["CI_API_V4_URL", "http:// or https://"]),
+    ("gitlab", {"CI_API_V4_URL": "https://gitlab.example:99999/api/v4"}, ["CI_API_V4_URL", "cannot be parsed"]),
+    ("gitlab", {"LEPTON_CI_GITLAB_TOKEN": GL_CANARY + "\r\nX-Injected: 1"}, ["not a valid HTTP header value"]),
+], ids=["scheme", "ipv6", "server-url", "token-newline", "token-trailing-newline", "gitlab-scheme", "gitlab-port",
+        "gitlab-token-crlf"])
+def test_malformed_api_url_or_token_is_one_line_exit_2(spec: Path, failing: Path, tmp_path: Path, forge: str,
+                                                       extra: dict[str, str], needles: list[str]) -> None:
+    if forge == "github":
+        with GitHubStandIn(spec, repo=REPO, tokens={CANARY}, prs={7}) as s:
+            env = github_env(s, failing, tmp_path, **extra)
+            r = run(failing, env, standins=(s,))
+    else:
+        with GitLabStandIn(tokens={GL_CANARY}, mrs={3}) as s:
+            r = run(failing, gitlab_env(s, failing, tmp_path, **extra), standins=(s,))
+    assert_one_line_error(r.result, 2, *needles)
+    assert "internal error" not in r.result.err and "X-Injected" not in r.result.out
+    assert not [q for q in s.requests if "x-injected" in q.get("headers", {})]
+
+
+def test_report_post_stdout_is_the_report_only(gh: GitHubStandIn, failing: Path, tmp_path: Path) -> None:
+    """`lepton-ci report --post > report.md`: the file gets the report and no workflow command or token."""
+    r = run(failing, github_env(gh, failing, tmp_path), standins=(gh,))
+    assert r.code == 0, r.result
+    assert "## ❌ lepton-ci · `toy` · gate failed" in r.result.out.splitlines()[:3], r.result.out[:300]
+    assert not [line for line in r.result.out.splitlines() if line.startswith("::")]
+    assert f"::add-mask::{CANARY}" in r.result.err.splitlines()
+
+
+def test_report_output_file_is_private(failing: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    proc = subprocess.run([sys.executable, "-m", "lepton_ci.cli", "report", "-o", str(out)], cwd=failing,
+                          env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_mode & 0o777 == 0o600 and "gate failed" in out.read_text()

@@ -305,3 +305,108 @@ def test_error_names_the_file_it_was_loaded_from(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(p)
     assert info.value.where == "custom.yaml:3"
+
+
+# --- strict names, bounded YAML, env_passthrough ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, line", [
+    ("model:\n  name: |\n    digits\n", 2),  # a block scalar ends with a newline: "digits\n"
+    ('model:\n  name: "digits\\n"\n', 2),
+    ("model:\n  name: m\ntag:\n  aliases: [ok, \"prod\\n\"]\n", 4),
+    ("model:\n  name: m\ndeploy:\n  alias: \"prod\\n\"\n", 4),
+])
+def test_names_with_a_trailing_newline_are_refused(tmp_path, text, line):
+    err = config_error(tmp_path, text)
+    assert err.where == f"lepton.yml:{line}"
+    assert "\\n" in err.message  # the value is shown with its newline visible
+    assert "(?!" not in err.message  # the schema's newline guard is not shown to users
+
+
+def test_name_check_does_not_rely_on_the_schema_alone(tmp_path):
+    # Even if a schema pattern let it through, the whole-string check in config.py refuses it.
+    from lepton_ci.config import _check_names
+
+    with pytest.raises(ConfigError, match="'model.name' must be lower-case letters"):
+        _check_names({"model": {"name": "digits\n"}}, {("model", "name"): 2}, "lepton.yml")
+    _check_names({"model": {"name": "a" * 128}, "tag": {"aliases": ["candidate"]}}, {}, "lepton.yml")
+
+
+@pytest.mark.parametrize("name", ["a", "digits", "my-model_2.1", "0abc", "a" * 128])
+def test_valid_names(tmp_path, name):
+    assert load_config(write(tmp_path, f"model:\n  name: '{name}'\n")).model_name == name
+
+
+def test_recursive_alias_in_config_is_a_config_error_with_line(tmp_path):
+    err = config_error(tmp_path, "model: {name: m}\ntrain:\n  command: 'true'\n  params: &p\n    x: *p\n")
+    assert err.where == "lepton.yml:4"
+    assert "recursive alias" in err.message
+
+
+def test_alias_bomb_in_config_is_a_config_error(tmp_path):
+    bomb = "\n".join(["a: &a [1,1,1,1,1,1,1,1,1,1]"] + [
+        f"{n}: &{n} [" + ",".join([f"*{p}"] * 10) + "]" for p, n in zip("abcdefgh", "bcdefghi")])
+    err = config_error(tmp_path, "model: {name: m}\n" + bomb + "\n")
+    assert err.where.startswith("lepton.yml:")
+    assert "nodes" in err.message
+
+
+def test_config_over_the_size_limit_is_refused(tmp_path):
+    from lepton_ci.limits import CONFIG_MAX_BYTES
+
+    path = write(tmp_path, "model: {name: m}\n# " + "x" * CONFIG_MAX_BYTES + "\n")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert info.value.where == "lepton.yml"
+    assert "larger than the limit of 1 MiB" in info.value.message
+
+
+def test_exponent_numbers_are_numbers_but_yaml11_booleans_stay(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+        model: {name: m}
+        train:
+          command: x
+          params: {lr: 1e-3}
+        tag:
+          require_gate: yes
+        gate:
+          rules:
+            - metric: eval.loss
+              direction: lower
+              max_drop: 1e-3
+        """))
+    assert cfg.section("train")["params"] == {"lr": 0.001}
+    assert cfg.section("tag")["require_gate"] is True
+    assert cfg.section("gate")["rules"][0]["max_drop"] == 0.001
+
+
+def test_merge_keys_in_config_earlier_mapping_wins(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+        model: {name: m}
+        train:
+          command: x
+          params:
+            <<: [{lr: 0.1, depth: 3}, {lr: 0.5, seed: 1}]
+            depth: 4
+        """))
+    assert cfg.section("train")["params"] == {"lr": 0.1, "depth": 4, "seed": 1}
+
+
+def test_env_passthrough(tmp_path):
+    cfg = load_config(write(tmp_path, "model: {name: m}\ntrain:\n  command: x\n  env_passthrough: [WANDB_API_KEY, _X1]\n"))
+    assert cfg.section("train")["env_passthrough"] == ["WANDB_API_KEY", "_X1"]
+    for bad, line in [("[1BAD]", 4), ("[A-B]", 4), ("WANDB_API_KEY", 4), ('["A\\n"]', 4)]:
+        err = config_error(tmp_path, f"model: {{name: m}}\ntrain:\n  command: x\n  env_passthrough: {bad}\n")
+        assert err.where == f"lepton.yml:{line}"
+        assert "env_passthrough" in err.message
+
+
+@pytest.mark.parametrize("text", [
+    "model: {name: m}\nversion: !!int abc\n",
+    "model: {name: m}\nversion: !!timestamp abc\n",
+    "model: {name: m}\nversion: 1" + "0" * 5000 + "\n",
+])
+def test_bad_tagged_or_oversized_values_are_config_errors(tmp_path, text):
+    err = config_error(tmp_path, text)
+    assert err.where == "lepton.yml:2"
+    assert err.message.startswith("bad value: ")

@@ -17,7 +17,7 @@ from lepton_ci.config import _passes_fast_check, load_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [ROOT / "examples" / "sklearn-digits" / "lepton.yml", ROOT / "tests" / "e2e" / "workflows" / "lepton.yml"]
-REPLACEMENTS: list[Any] = [None, True, 0, -1, 1.5, "", "x", "file://r", [], ["a"], {}, {"zzz": 1}]
+REPLACEMENTS: list[Any] = [None, True, 0, -1, 1.5, "", "x", "x\n", "digits\n", "A_1", "file://r", [], ["a"], ["a\n"], ["A_1"], {}, {"zzz": 1}]
 
 
 def _paths(obj: Any, prefix: tuple = ()) -> Iterator[tuple]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lepton_ci.forge.http import ForgeError, _next_link, mask, mask_secrets, register_secret
 from lepton_ci.forge.outputs import emit
-from lepton_ci.forge.publish import annotations, sticky_marker, truncate
+from lepton_ci.forge.publish import gate_annotations, sticky_marker, truncate
 from lepton_ci.records import GateRecord
 
 
@@ -46,10 +46,10 @@ def test_annotations_escape_properties_and_data() -> None:
     gate = GateRecord(model="m", verdict="fail", results=[
         {"metric": "eval.acc", "rule": "min", "passed": False, "reason": "0.9 < min 0.95\n100% sure"},
         {"metric": "loss", "rule": "max", "passed": True, "reason": "ok"}])
-    [line] = annotations(gate, "cfg/lepton, v2.yml", {"eval.acc": 14})
+    [line] = gate_annotations(gate, "cfg/lepton, v2.yml", {"eval.acc": 14})
     assert line == ("::error file=cfg/lepton%2C v2.yml,line=14,title=lepton-ci gate%3A eval.acc min::"
                     "0.9 < min 0.95%0A100%25 sure")
-    assert annotations(None, "lepton.yml", {}) == []
+    assert gate_annotations(None, "lepton.yml", {}) == []
 
 
 def test_mask_registered_secrets_and_auth_headers() -> None:

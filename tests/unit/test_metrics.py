@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from lepton_ci.errors import UserError
 from lepton_ci.metrics import (
     MetricChange,
+    ParsedMetrics,
     diff_metrics,
     flatten,
     fmt_number,
@@ -59,18 +61,18 @@ EXPECTED = {"eval.accuracy": 0.93, "eval.f1": 0.9, "epochs": 3}
     ("METRICS.JSON", json.dumps(DOC)),
 ])
 def test_parse_each_format(name, text):
-    assert parse_metrics(text, name) == EXPECTED
-    assert parse_metrics(text.encode(), name) == EXPECTED  # bytes from git work too
+    assert parse_metrics(text, name) == ParsedMetrics(EXPECTED, ())
+    assert parse_metrics(text.encode(), name).values == EXPECTED  # bytes from git work too
 
 
 def test_format_comes_from_filename_not_source_label():
-    assert parse_metrics('{"a": 1}', "HEAD:metrics.json (label)", "metrics.json") == {"a": 1}
+    assert parse_metrics('{"a": 1}', "HEAD:metrics.json (label)", "metrics.json").values == {"a": 1}
 
 
 def test_load_metrics_file(tmp_path):
     p = tmp_path / "m.toml"
     p.write_text("[eval]\nloss = 0.25\n")
-    assert load_metrics_file(p) == {"eval.loss": 0.25}
+    assert load_metrics_file(p).values == {"eval.loss": 0.25}
 
 
 def test_load_missing_metrics_file_names_it(tmp_path):
@@ -114,22 +116,88 @@ def test_top_level_must_be_a_mapping(name, text):
     assert "mapping" in info.value.message
 
 
-@pytest.mark.parametrize("name, text, key", [
-    ("m.json", '{"eval": {"loss": NaN}}', "eval.loss"),
-    ("m.json", '{"a": Infinity}', "a"),
-    ("m.json", '{"a": -Infinity}', "a"),
-    ("m.json", '{"a": 1e400}', "a"),  # overflows to inf
-    ("m.yaml", "eval:\n  loss: .nan\n", "eval.loss"),
-    ("m.yml", "a: -.inf\n", "a"),
-    ("m.toml", "[eval]\nloss = nan\n", "eval.loss"),
-    ("m.toml", "a = inf\n", "a"),
+@pytest.mark.parametrize("name, text, key, shown", [
+    ("m.json", '{"eval": {"loss": NaN, "acc": 0.9}, "n": 3}', "eval.loss", "nan"),
+    ("m.json", '{"a": Infinity, "eval": {"acc": 0.9}, "n": 3}', "a", "inf"),
+    ("m.json", '{"a": -Infinity, "eval": {"acc": 0.9}, "n": 3}', "a", "-inf"),
+    ("m.json", '{"a": 1e400, "eval": {"acc": 0.9}, "n": 3}', "a", "inf"),  # overflows to inf
+    ("m.json", '{"a": 1%s, "eval": {"acc": 0.9}, "n": 3}' % ("0" * 400), "a", "401 digits"),  # too large for a float
+    ("m.yaml", "eval:\n  loss: .nan\n  acc: 0.9\nn: 3\n", "eval.loss", "nan"),
+    ("m.yml", "a: -.inf\neval: {acc: 0.9}\nn: 3\n", "a", "-inf"),
+    ("m.yaml", "a: 1%s\neval: {acc: 0.9}\nn: 3\n" % ("0" * 400), "a", "401 digits"),
+    ("m.toml", "n = 3\n[eval]\nloss = nan\nacc = 0.9\n", "eval.loss", "nan"),
+    ("m.toml", "a = inf\nn = 3\n[eval]\nacc = 0.9\n", "a", "inf"),
 ])
-def test_non_finite_values_are_rejected_naming_key_and_file(name, text, key):
+def test_non_finite_value_is_skipped_with_a_note_and_the_rest_counts(name, text, key, shown):
+    parsed = parse_metrics(text, name)
+    assert parsed.values == {"eval.acc": 0.9, "n": 3}
+    [note] = parsed.notes
+    assert note.startswith(f"{name}: metric {key!r} ")
+    assert shown in note and "skipped" in note and "finite" in note
+
+
+def test_huge_integer_never_overflows_later():
+    big = parse_metrics('{"a": %s, "b": 2}' % (10 ** 400), "m.json")
+    d = diff_metrics("A", {"m.json": big.values}, "B", {"m.json": {"a": 1.5, "b": 2}})
+    assert [(c.metric, c.old, c.new) for c in d.changes] == [("a", None, 1.5), ("b", 2, 2)]
+    format_table(d, show_all=True)  # no OverflowError on the way out either
+
+
+def test_dotted_key_colliding_with_nested_key_is_noted():
+    parsed = parse_metrics('{"a.b": 1, "a": {"b": 2}, "c": 3}', "m.json")
+    assert parsed.values == {"a.b": 2, "c": 3}
+    assert parsed.notes == ("m.json: metric 'a.b' is given twice (a dotted key and a nested one); the later value is used",)
+
+
+# --- YAML 1.2, as DVC reads metrics ------------------------------------------------------------------
+
+
+def test_yaml_exponent_floats_are_metrics():
+    parsed = parse_metrics("lr: 1e-3\nbig: 1e15\navogadro: 6.02e23\nsigned: +1.5E+2\nplain: 2.5\n", "m.yaml")
+    assert parsed.values == {"lr": 0.001, "big": 1e15, "avogadro": 6.02e23, "signed": 150.0, "plain": 2.5}
+
+
+def test_yaml_yes_no_on_off_are_strings_so_keys_do_not_collide():
+    text = "on: {acc: 0.1}\noff: {acc: 0.2}\nyes: 3\nno: 4\ny: 5\nn: 6\nflag: on\n"
+    assert parse_metrics(text, "m.yaml").values == {
+        "on.acc": 0.1, "off.acc": 0.2, "yes": 3, "no": 4, "y": 5, "n": 6,
+    }
+
+
+def test_yaml_octal_hex_and_leading_zero_follow_yaml_1_2():
+    assert parse_metrics("o: 0o17\nd: 017\nh: 0x1F\nu: 1_000\n", "m.yaml").values == {"o": 15, "d": 17, "h": 31, "u": 1000}
+
+
+def test_yaml_merge_keys_earlier_mapping_wins_and_own_keys_win():
+    # Multi-letter keys: PyYAML 6.0.4 got this right only for keys that Python happens to intern.
+    text = ("base: &a {lr: 0.1, depth: 1}\nalt: &b {lr: 0.2, seed: 2}\nrun:\n  <<: [*a, *b]\n  epochs: 0\n  depth: 9\n"
+            "inline:\n  <<: [{lr: 0.3, depth: 3}, {lr: 0.4, seed: 4}]\n")
+    values = parse_metrics(text, "m.yaml").values
+    assert {k: v for k, v in values.items() if k.startswith("run.")} == {
+        "run.lr": 0.1, "run.depth": 9, "run.seed": 2, "run.epochs": 0}
+    assert {k: v for k, v in values.items() if k.startswith("inline.")} == {
+        "inline.lr": 0.3, "inline.depth": 3, "inline.seed": 4}
+
+
+@pytest.mark.parametrize("text", ["a: &a [*a]\n", "a: &a {b: *a}\n", "a: &a {<<: *a}\n"])
+def test_recursive_yaml_alias_is_a_user_error(text):
     with pytest.raises(UserError) as info:
-        parse_metrics(text, name)
-    assert info.value.where == name
-    assert f"metric {key!r}" in info.value.message
-    assert "finite" in info.value.message
+        parse_metrics(text, "m.yaml")
+    assert info.value.where == "m.yaml"
+    assert "recursive alias" in info.value.message
+
+
+def test_metrics_file_over_the_size_limit_is_refused(tmp_path):
+    from lepton_ci.limits import METRICS_MAX_BYTES
+
+    p = tmp_path / "m.json"
+    with open(p, "wb") as f:
+        f.write(b'{"a": 1, "pad": "')
+        f.truncate(METRICS_MAX_BYTES + 10)
+    with pytest.raises(UserError) as info:
+        load_metrics_file(p, display="m.json")
+    assert info.value.where == "m.json"
+    assert "larger than the limit of 16 MiB" in info.value.message
 
 
 @pytest.mark.parametrize("name", ["metrics.csv", "metrics.txt", "metrics"])
@@ -405,3 +473,120 @@ def test_revision_outside_a_git_repo_is_a_user_error(tmp_path):
     (tmp_path / "m.json").write_text(_metrics(acc=0.1))
     with pytest.raises(UserError, match="not inside a git repository"):
         diff_revisions("HEAD", "workspace", ["m.json"], tmp_path)
+
+
+# --- which files: each revision's own list (lepton.yml, else dvc.yaml) ------------------------------------
+
+CONFIG = "model: {{name: m}}\ntrain:\n  command: 'true'\n  metrics: {files}\n"
+
+
+def test_each_revision_reads_its_own_lepton_yml_so_a_rename_is_removed_and_added(git_repo):
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[old.json, same.json]"),
+                     "old.json": _metrics(acc=0.5), "same.json": _metrics(f1=0.1)}, "one")
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[new.json, ./same.json]"),
+                     "new.json": _metrics(acc=0.6), "same.json": _metrics(f1=0.2)}, "two", remove=("old.json",))
+    d = diff_revisions("HEAD~1", "HEAD", None, git_repo.path)
+    rows = {(c.path, c.metric): (c.old, c.new) for c in d.changes}
+    assert rows == {("old.json", "eval.acc"): (0.5, None), ("new.json", "eval.acc"): (None, 0.6),
+                    ("same.json", "eval.f1"): (0.1, 0.2)}  # ./same.json is same.json
+    assert sorted(d.notes) == ["new.json: not listed in lepton.yml at HEAD~1", "old.json: not listed in lepton.yml at HEAD"]
+
+
+def test_workspace_side_reads_the_lepton_yml_on_disk(git_repo):
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[a.json]"), "a.json": _metrics(acc=0.5)}, "one")
+    git_repo.write({"lepton.yml": CONFIG.format(files="[b.json]"), "b.json": _metrics(acc=0.7)})
+    d = diff_revisions("HEAD", "workspace", None, git_repo.path)
+    rows = {(c.path, c.metric): (c.old, c.new) for c in d.changes}
+    assert rows == {("a.json", "eval.acc"): (0.5, None), ("b.json", "eval.acc"): (None, 0.7)}
+
+
+def test_explicit_files_override_the_lists(git_repo):
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[a.json]"), "a.json": _metrics(acc=0.5), "b.json": _metrics(x=1)}, "one")
+    git_repo.commit({"b.json": _metrics(x=2)}, "two")
+    d = diff_revisions("HEAD~1", "HEAD", ["./b.json"], git_repo.path)
+    assert [(c.path, c.metric, c.old, c.new) for c in d.changes] == [("b.json", "eval.x", 1, 2)]
+
+
+DVC_YAML = """\
+metrics:
+  - top.json
+stages:
+  train:
+    cmd: python train.py
+    metrics:
+      - scores.json:
+          cache: false
+      - ./plain.yaml
+  evaluate:
+    wdir: eval
+    cmd: python eval.py
+    metrics: [report.toml]
+"""
+
+
+def test_without_lepton_yml_the_dvc_yaml_metrics_are_read_at_each_revision(git_repo):
+    files = {"top.json": _metrics(a=1), "scores.json": _metrics(b=2), "plain.yaml": "c: 1e-3\n",
+             "eval/report.toml": "[d]\ne = 4\n"}
+    git_repo.commit({"dvc.yaml": DVC_YAML, **files}, "one")
+    git_repo.write({"scores.json": _metrics(b=3), "plain.yaml": "c: 2e-3\n", "eval/report.toml": "[d]\ne = 5\n",
+                    "top.json": _metrics(a=1)})
+    d = diff_revisions("HEAD", "workspace", None, git_repo.path)
+    rows = {(c.path, c.metric): (c.old, c.new) for c in d.changes}
+    assert rows == {("top.json", "eval.a"): (1, 1), ("scores.json", "eval.b"): (2, 3),
+                    ("plain.yaml", "c"): (0.001, 0.002), ("eval/report.toml", "d.e"): (4, 5)}
+    assert d.notes == []
+
+
+def test_a_revision_with_neither_file_has_no_metrics_and_says_so(git_repo):
+    git_repo.commit({"other.txt": "x"}, "one")
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[m.json]"), "m.json": _metrics(acc=0.5)}, "two")
+    d = diff_revisions("HEAD~1", "HEAD", None, git_repo.path)
+    assert [(c.path, c.old, c.new) for c in d.changes] == [("m.json", None, 0.5)]
+    assert "HEAD~1: no lepton.yml or dvc.yaml, so no metrics files" in d.notes
+
+
+def test_unparsable_lepton_yml_at_a_revision_is_a_note(git_repo):
+    git_repo.commit({"lepton.yml": "model: [unclosed\n", "m.json": _metrics(acc=0.5)}, "one")
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[m.json]"), "m.json": _metrics(acc=0.6)}, "two")
+    d = diff_revisions("HEAD~1", "HEAD", None, git_repo.path)
+    assert any(n.startswith("HEAD~1: HEAD~1:lepton.yml: not valid YAML") for n in d.notes), d.notes
+    assert [(c.path, c.old, c.new) for c in d.changes] == [("m.json", None, 0.6)]
+
+
+def test_nan_at_one_revision_is_a_note_and_the_rest_of_the_file_counts(git_repo):
+    git_repo.commit({"m.json": '{"acc": NaN, "loss": 0.5}'}, "one")
+    git_repo.commit({"m.json": '{"acc": 0.9, "loss": 0.4}'}, "two")
+    d = diff_revisions("HEAD~1", "HEAD", ["m.json"], git_repo.path)
+    rows = {c.metric: (c.old, c.new) for c in d.changes}
+    assert rows == {"acc": (None, 0.9), "loss": (0.5, 0.4)}
+    assert d.notes == ["HEAD~1: m.json: metric 'acc' is nan; skipped (metrics must be finite numbers)"]
+
+
+def test_one_git_process_per_revision(git_repo, monkeypatch):
+    import lepton_ci.gitio as gitio
+
+    git_repo.commit({"lepton.yml": CONFIG.format(files="[a.json, b.json]"), "a.json": _metrics(x=1), "b.json": _metrics(y=1)})
+    git_repo.commit({"a.json": _metrics(x=2)})
+    started = []
+    real = gitio.subprocess.Popen
+
+    def counting(args, *a, **kw):
+        started.append(args)
+        return real(args, *a, **kw)
+
+    monkeypatch.setattr(gitio.subprocess, "Popen", counting)
+    d = diff_revisions("HEAD~1", "HEAD", None, git_repo.path)
+    assert [c.new for c in d.changes if c.changed] == [2]
+    assert started == [["git", "cat-file", "--batch"]] * 2
+
+
+def test_blob_over_the_limit_at_a_revision_is_refused_and_the_reader_stays_in_step(git_repo):
+    from lepton_ci.gitio import BlobReader
+
+    git_repo.commit({"big.json": '{"a": 1, "pad": "' + "x" * 5000 + '"}', "small.json": '{"a": 2}'})
+    with BlobReader("HEAD", git_repo.path) as reader:
+        with pytest.raises(UserError) as info:
+            reader.read([Path("big.json")], limit=1000)
+        assert info.value.where == "HEAD:./big.json"
+        assert "larger than the limit of 1000 bytes" in info.value.message
+        assert reader.read([Path("small.json")], limit=1000) == {Path("small.json"): b'{"a": 2}'}
