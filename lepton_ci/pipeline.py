@@ -69,9 +69,11 @@ def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overri
                 result.outputs.update(endpoint=d.endpoint, **{"deployed-version": d.version})
                 log(f"  v{d.version} {d.status} at {d.endpoint}")
             elif step == "report":
-                result.report = report(config)
-                config.report_path.parent.mkdir(parents=True, exist_ok=True)
-                config.report_path.write_text(result.report)
+                from lepton_ci.forge.http import mask_secrets
+                from lepton_ci.steps.report import write_report
+
+                result.report = mask_secrets(report(config))
+                write_report(config.report_path, result.report)
                 log(f"  written to {config.report_path}")
         except StepFailed as exc:
             result.steps[step] = "failed"

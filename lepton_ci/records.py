@@ -17,10 +17,11 @@ from typing import Any, ClassVar, TypeVar
 
 from lepton_ci.errors import UserError
 from lepton_ci.fsutil import atomic_write_json, canonical_json, sha256_bytes
+from lepton_ci.limits import RECORD_MAX_BYTES
 
 R = TypeVar("R", bound="Record")
 
-MAX_RECORD_BYTES = 64 * 1024 * 1024  # a record is metadata; anything bigger is an attack or a mistake
+MAX_RECORD_BYTES = RECORD_MAX_BYTES  # a record is metadata; anything bigger is an attack or a mistake
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 

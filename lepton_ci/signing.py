@@ -89,7 +89,7 @@ def key_id_of_pem(public_pem: bytes) -> str:
 # --- keys ---------------------------------------------------------------------------------------------
 
 
-def _decode_private(text: str, source: str) -> PrivateKey:
+def decode_private(text: str, source: str) -> PrivateKey:
     """A PEM private key, or the one-line base64 form `keys generate` prints for CI secrets that do not
     keep line breaks. Never echoes the value."""
     from cryptography.exceptions import UnsupportedAlgorithm
@@ -114,7 +114,7 @@ def load_private_key() -> PrivateKey | None:
     """The gate's key from LEPTON_CI_SIGNING_KEY (the key itself) or LEPTON_CI_SIGNING_KEY_FILE (a path)."""
     value = os.environ.get(KEY_ENV)
     if value:
-        return _decode_private(value, KEY_ENV)
+        return decode_private(value, KEY_ENV)
     path = os.environ.get(KEY_FILE_ENV)
     if path:
         try:
@@ -122,7 +122,7 @@ def load_private_key() -> PrivateKey | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{KEY_FILE_ENV}: cannot read the private key file {path}: "
                             f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
-        return _decode_private(text, f"{KEY_FILE_ENV} ({path})")
+        return decode_private(text, f"{KEY_FILE_ENV} ({path})")
     return None
 
 
@@ -190,12 +190,12 @@ def generate_pair(directory: Path, name: str = "lepton-signing", *, force: bool 
     return priv_path, pub_path
 
 
-def one_line_private(private_pem: bytes) -> str:
+def one_line_private(private: PrivateKey) -> str:
     """The base64 DER form of a private key, for CI secret stores that mangle line breaks."""
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_private_key(private_pem, password=None)
-    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    der = private.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
     return base64.b64encode(der).decode()
 
 

@@ -58,9 +58,15 @@ def id_cmd(public_key: str) -> None:
 
 
 @keys_group.command("one-line")
-@click.argument("private_key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("private_key", type=click.Path(path_type=Path, dir_okay=False))
 def one_line_cmd(private_key: Path) -> None:
     """Print a private key file as one base64 line (for secret stores that drop line breaks)."""
     from lepton_ci import signing
+    from lepton_ci.errors import UserError
 
-    click.echo(signing.one_line_private(private_key.read_bytes()))
+    try:
+        pem = private_key.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the private key file: {getattr(exc, 'strerror', None) or 'not text'}",
+                        where=str(private_key)) from None
+    click.echo(signing.one_line_private(signing.decode_private(pem, str(private_key))))

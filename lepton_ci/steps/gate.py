@@ -46,12 +46,17 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
         contents = read_files_at(ref, [config.resolve(f) for f in files], config.root)
         metrics: dict[str, Any] = {}
         missing = []
+        notes: list[str] = []
         for rel, (path, blob) in zip(files, contents.items()):
             if blob is None:
                 missing.append(rel)
             else:
-                metrics.update(parse_metrics(blob, f"{ref}:{rel}").values)
-        note = f"missing at {ref}: {', '.join(missing)}" if missing else None
+                parsed = parse_metrics(blob, f"{ref}:{rel}")
+                metrics.update(parsed.values)
+                notes.extend(parsed.notes)
+        if missing:
+            notes.insert(0, f"missing at {ref}: {', '.join(missing)}")
+        note = "; ".join(notes) or None
         return {"source": "git", "ref": ref, "metrics": metrics if len(missing) < len(files) else None, "note": note}
     as_path = config.resolve(spec)
     if spec.endswith(".json") or as_path.is_file():

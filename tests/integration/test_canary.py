@@ -278,8 +278,6 @@ def test_report_md_is_private(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o600 and target.read_text() == "# report\n"
 
 
-@pytest.mark.xfail(strict=True, reason="lepton_ci/pipeline.py writes report.md with Path.write_text (umask mode); "
-                   "it should call lepton_ci.steps.report.write_report. Remove this mark with that change.")
 def test_pipeline_report_md_is_private(tmp_path: Path) -> None:
     root = project(tmp_path / "proj", sys.executable + " train.py")
     proc = subprocess.run([sys.executable, "-m", "lepton_ci.cli", "run", "--steps", "train,gate,report"], cwd=root,

@@ -299,10 +299,6 @@ def _gate_args(rng: random.Random, rel: str, args: list[str]) -> list[str]:
                        ["gate", "--baseline", "candidate"], ["gate", "--baseline", "v1"]])
 
 
-def _registry_args(rng: random.Random, rel: str, args: list[str]) -> list[str]:
-    return args
-
-
 REGISTRY_FILES = [(V1, 0.25), (V2, 0.25), (HISTORY, 0.25), (MARKER, 0.08), ("fs", 0.12), ("lepton.yml", 0.05)]
 PLANS: dict[str, Plan] = {
     "config validate": Plan(300, [("lepton.yml", 1.0)], [["config", "validate"]]),
@@ -503,6 +499,9 @@ def test_fuzz_bombs_in_a_memory_limited_subprocess(template: dict[str, Any], tmp
         if outcome.code is not None and outcome.code < 0:
             found.append(f"killed by signal {-outcome.code}")
         findings.cases[" ".join(args)] += 1
+        if STATS:
+            last = (outcome.err.strip().splitlines() or ["(no stderr)"])[-1]
+            print(f"\n  bomb {name}: exit {outcome.code} in {outcome.seconds:.2f}s: {normalise(last, root)[:140]}")
         if found:
             findings.add(Failure("bombs", " ".join(args), rel, f"{name} [bomb {i}]", fuzz.describe(content), outcome, found),
                          root)

@@ -166,7 +166,7 @@ def public(pem: str = PUBLIC_PEM) -> list[signing.PublicKey]:
 
 
 def private(pem: str = PRIVATE_PEM) -> signing.PrivateKey:
-    return signing._decode_private(pem, "test key")
+    return signing.decode_private(pem, "test key")
 
 
 def test_private_key_from_pem_one_line_or_file(monkeypatch, tmp_path):
@@ -336,7 +336,7 @@ def test_trusted_keys_fall_back_to_the_private_keys_public_half(monkeypatch):
 def test_generate_writes_a_private_key_only_its_owner_can_read(tmp_path):
     priv, pub = signing.generate_pair(tmp_path)
     assert os.stat(priv).st_mode & 0o777 == 0o600
-    assert signing._decode_private(priv.read_text(), "k").public.key_id == signing.key_id_of_pem(pub.read_bytes())
+    assert signing.decode_private(priv.read_text(), "k").public.key_id == signing.key_id_of_pem(pub.read_bytes())
     with pytest.raises(UserError):
         signing.generate_pair(tmp_path)
 

@@ -139,25 +139,33 @@ def test_config_flavour_keeps_yaml11_booleans_and_adds_exponent_floats():
 def run_capped(args: list[str], cwd: Path, *, timeout: float = 30) -> tuple[int, str, float, int]:
     """Run `lepton-ci ARGS` with a 1 GiB address-space cap; (exit code, stderr, seconds, peak RSS in MB).
 
-    wait4 gives this child's own peak RSS; a timer kills it if it runs away."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-
+    Peak RSS is measured by a small wrapper process that starts the CLI and reads its rusage: the kernel
+    carries a process's peak RSS across fork and exec, so a CLI started straight from this (large) pytest
+    process would report pytest's size. A timer kills the wrapper and the CLI if they run away."""
+    wrapper = (
+        "import os, resource, subprocess, sys\n"
+        "cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'lepton_ci.cli', *sys.argv[2:]], preexec_fn=cap)\n"
+        "_, status, usage = os.wait4(p.pid, 0)\n"
+        "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as rss:
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "lepton_ci.cli", *args], cwd=cwd, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, preexec_fn=cap, env=env)
-        timer = threading.Timer(timeout, proc.kill)
+        proc = subprocess.Popen([sys.executable, "-c", wrapper, rss.name, *args], cwd=cwd, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, 9))
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.monotonic() - start
         err.seek(0)
-        return proc.returncode, err.read().decode(errors="replace"), elapsed, usage.ru_maxrss // 1024
+        peak_kb = int(rss.read() or 0)
+        return proc.returncode, err.read().decode(errors="replace"), elapsed, peak_kb // 1024
 
 
 def assert_one_line_refusal(code: int, err: str, elapsed: float, rss_mb: int, *needles: str) -> None:
