@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_ci.errors import ConfigError, UserError
+from lepton_ci.fsutil import short_repr
 from lepton_ci.limits import CONFIG_MAX_BYTES, read_limited
 
 DEFAULT_NAME = "lepton.yml"
@@ -57,8 +58,14 @@ def _yaml_loader(text: str) -> Any:
     return loader_class(yaml12=False)(text)
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    """A message from a library (PyYAML, jsonschema) that may quote the user's value: one bounded line."""
+    line = " ".join(str(text).split("\n"))
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
 def _yaml_problem(exc: Exception) -> str:
-    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return _clip(getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0])
 
 
 def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, int]]:
@@ -104,7 +111,8 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
                 if index >= merged:
                     if key in own_keys:
                         raise ConfigError(
-                            f"duplicate key {format_keypath(path + (key,))!r} (first at line {lines[path + (key,)]})",
+                            f"duplicate key {short_repr(format_keypath(path + (key,)), 120)} "
+                            f"(first at line {lines[path + (key,)]})",
                             where=f"{filename}:{key_node.start_mark.line + 1}",
                         )
                     own_keys.add(key)
@@ -132,7 +140,7 @@ def _describe(value: Any) -> str:
     kind = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return f"{kind} {value!r}"
+        return f"{kind} {short_repr(value)}"
     return kind
 
 
@@ -140,6 +148,7 @@ def _error_message(err: Any, lines: dict[KeyPath, int]) -> tuple[KeyPath, str]:
     """Turn one jsonschema error into (key path it concerns, message)."""
     path: KeyPath = tuple(err.absolute_path)
     name = format_keypath(path)
+    shown_name = short_repr(name, 120)
     schema = err.schema if isinstance(err.schema, dict) else {}
     v = err.validator
     if v == "additionalProperties":
@@ -149,32 +158,33 @@ def _error_message(err: Any, lines: dict[KeyPath, int]) -> tuple[KeyPath, str]:
         hint = difflib.get_close_matches(str(key), allowed, n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
         return path + (key,), (
-            f"unknown key {format_keypath(path + (key,))!r} (expected one of: {', '.join(allowed)}){did}"
+            f"unknown key {short_repr(format_keypath(path + (key,)), 120)} (expected one of: {', '.join(allowed)}){did}"
         )
     if v == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
-        where = f"{name!r}" if path else "the config"
-        return path, f"{where} is missing required key {missing!r}"
+        where = f"{shown_name}" if path else "the config"
+        return path, f"{where} is missing required key {short_repr(missing)}"
     if v == "type":
         expected = err.validator_value
         expected = expected if isinstance(expected, list) else [expected]
-        want = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
-        return path, f"{name!r} must be {want}, got {_describe(err.instance)}"
+        want = " or ".join(_TYPE_NAMES.get(t, str(t)) for t in expected)
+        return path, f"{shown_name} must be {want}, got {_describe(err.instance)}"
     if v == "enum":
-        return path, f"{name!r} must be one of: {', '.join(map(str, err.validator_value))}; got {err.instance!r}"
+        choices = ", ".join(map(str, err.validator_value))
+        return path, f"{shown_name} must be one of: {choices}; got {short_repr(err.instance)}"
     if v == "const":
-        return path, f"{name!r} must be {err.validator_value!r}; got {err.instance!r}"
+        return path, f"{shown_name} must be {short_repr(err.validator_value)}; got {short_repr(err.instance)}"
     if v == "pattern":
         shown = str(err.validator_value).replace(_NO_FINAL_NEWLINE, "")  # the guard is noise to a reader
-        return path, f"{name!r} must match {shown}; got {err.instance!r}"
+        return path, f"{shown_name} must match {shown}; got {short_repr(err.instance)}"
     if v == "anyOf" and path and path[-2:-1] == ("rules",):
-        return path, f"{name!r} needs at least one of min, max, max_drop, max_drop_pct"
+        return path, f"{shown_name} needs at least one of min, max, max_drop, max_drop_pct"
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
-        return path, f"{name!r} must be {op} {err.validator_value}; got {err.instance!r}"
+        return path, f"{shown_name} must be {op} {err.validator_value}; got {short_repr(err.instance)}"
     if v == "minLength":
-        return path, f"{name!r} must not be empty"
-    return path, f"{name!r}: {err.message}"
+        return path, f"{shown_name} must not be empty"
+    return path, f"{shown_name}: {_clip(err.message)}"
 
 
 def _line_for(lines: dict[KeyPath, int], path: KeyPath) -> int:
@@ -214,8 +224,48 @@ def _check_names(data: dict[str, Any], lines: dict[KeyPath, int], filename: str)
         checks.append((("deploy", "alias"), deploy["alias"], ALIAS_RE, "an alias name"))
     for path, value, pattern, want in checks:
         if not pattern.fullmatch(value):
-            raise ConfigError(f"{format_keypath(path)!r} must be {want}; got {value!r}",
+            raise ConfigError(f"{format_keypath(path)!r} must be {want}; got {short_repr(value)}",
                               where=f"{filename}:{_line_for(lines, path)}")
+    for path, value in sorted(_name_like_strings(data), key=lambda pv: _line_for(lines, pv[0])):  # first in the file
+        bad = LINE_BREAKING_RE.search(value)
+        if bad:
+            raise ConfigError(f"{format_keypath(path)!r} must not contain control characters or line separators "
+                              f"(found {bad.group()!r} in {short_repr(value)})",
+                              where=f"{filename}:{_line_for(lines, path)}")
+
+
+# Characters that end or hide a line when a name is printed in a one-line message, a step summary or a
+# report table: C0 and C1 controls (tab, newline, \x85 NEL, ESC…), DEL, and Unicode line/paragraph separators.
+LINE_BREAKING_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# Strings of lepton.yml that name something (a metric, a file, a ref, a host) and are printed back as part of
+# one line. Not here: train.command and deploy.smoke_request (multi-line values are normal there), train.env
+# values and signing.public_key (a PEM block); model.name and the aliases have their own whole-string patterns.
+_NAME_LIKE: tuple[KeyPath, ...] = (
+    ("model", "file"), ("train", "workdir"), ("train", "output"), ("gate", "baseline"), ("gate", "output"),
+    ("registry",), ("deploy", "host"), ("deploy", "output"), ("report", "output"),
+)
+_NAME_LIKE_LISTS: tuple[KeyPath, ...] = (("train", "metrics"), ("train", "artifacts"), ("train", "data"))
+
+
+def _name_like_strings(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    def get(path: KeyPath) -> Any:
+        node: Any = data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    found: list[tuple[KeyPath, str]] = []
+    rules = get(("gate", "rules"))
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if isinstance(rule, dict) and isinstance(rule.get("metric"), str):
+            found.append((("gate", "rules", i, "metric"), rule["metric"]))
+    found += [(path, value) for path in _NAME_LIKE if isinstance(value := get(path), str)]
+    for path in _NAME_LIKE_LISTS:
+        items = get(path)
+        found += [(path + (i,), item) for i, item in enumerate(items if isinstance(items, list) else [])
+                  if isinstance(item, str)]
+    return found
 
 
 def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
@@ -228,7 +278,8 @@ def validate(data: Any, lines: dict[KeyPath, int], filename: str) -> None:
 
     validator = Draft202012Validator(load_schema())
     errors = list(validator.iter_errors(data))
-    if not errors:
+    if not errors:  # the fast checker refused what jsonschema accepts: the names still need their check
+        _check_names(data, lines, filename)
         return
     located = []
     for err in errors:

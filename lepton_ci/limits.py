@@ -20,7 +20,12 @@ CONFIG_MAX_BYTES = 1 * MiB
 """lepton.yml: real configs are a few kilobytes."""
 
 METRICS_MAX_BYTES = 16 * MiB
-"""One metrics file (JSON, YAML, TOML; also dvc.yaml): room for hundreds of thousands of metrics."""
+"""One metrics file (JSON, YAML, TOML; also dvc.yaml)."""
+
+METRICS_MAX_COUNT = 100_000
+"""Numeric values in one metrics file, after flattening: far more than any gate compares. It bounds what a
+small YAML file can expand to through aliases (yamlsafe allows up to a million nodes) and what every record
+carrying the metrics costs to write, read and sign."""
 
 RECORD_MAX_BYTES = 64 * MiB
 """One record (run.json, gate.json, deployment.json, a registry manifest)."""

@@ -16,25 +16,38 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lepton_ci.errors import UserError
-from lepton_ci.limits import METRICS_MAX_BYTES, read_limited, too_large
+from lepton_ci.fsutil import has_lone_surrogate, short_repr
+from lepton_ci.limits import METRICS_MAX_BYTES, METRICS_MAX_COUNT, read_limited, too_large
 
 Number = int | float
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
 _FLOAT_MAX = sys.float_info.max
 
 
-def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None,
-            collisions: list[str] | None = None) -> dict[str, Number]:
+class TooManyMetrics(ValueError):
+    """More numeric values than `flatten(limit=...)` allows."""
+
+
+def flatten(
+    obj: Any,
+    prefix: str = "",
+    out: dict[str, Number] | None = None,
+    collisions: list[str] | None = None,
+    limit: int | None = None,
+) -> dict[str, Number]:
     """Nested mappings and lists to one level, keys joined with dots. Iterative with exact type checks:
     it runs over every value of every metrics file, and recursion with isinstance first was a third of
     the time of `metrics diff` on large files. With `collisions`, each flat name set twice (a dotted key
-    and a nested one) is appended to it; the later value wins."""
+    and a nested one) is appended to it; the later value wins. With `limit`, finding more than that many
+    flat metrics raises `TooManyMetrics` at once."""
     out = {} if out is None else out
+    most = sys.maxsize if limit is None else limit
     stack: list[tuple[str, Any]] = [(prefix, obj)]
     pop, push = stack.pop, stack.append
     while stack:
@@ -44,6 +57,8 @@ def flatten(obj: Any, prefix: str = "", out: dict[str, Number] | None = None,
             if collisions is not None and name in out:
                 collisions.append(name)
             out[name] = value
+            if len(out) > most:
+                raise TooManyMetrics(most)
         elif isinstance(value, dict):
             for key, item in reversed(list(value.items())):
                 push((f"{name}.{key}" if name else str(key), item))
@@ -75,6 +90,8 @@ def parse_metrics(text: str | bytes, source: str, filename: str | None = None) -
         raise too_large("metrics file", METRICS_MAX_BYTES, source)
     try:
         if fmt == "json":
+            if isinstance(text, bytes):  # strictly: json.loads(bytes) would let encoded surrogates through
+                text = text.decode(json.detect_encoding(text))
             data = json.loads(text)  # NaN/Infinity parse, then are skipped below with a note
         elif fmt == "yaml":
             from lepton_ci.yamlsafe import YamlError, YamlLimitError, load
@@ -84,7 +101,7 @@ def parse_metrics(text: str | bytes, source: str, filename: str | None = None) -
             except YamlLimitError:
                 raise
             except YamlError as exc:
-                raise UserError(f"malformed YAML metrics: {exc.problem}", where=source) from None
+                raise UserError(f"malformed YAML metrics: {_clip(exc.problem)}", where=source) from None
         else:
             import tomllib
 
@@ -94,22 +111,57 @@ def parse_metrics(text: str | bytes, source: str, filename: str | None = None) -
     except UnicodeDecodeError:
         raise UserError("metrics file is not UTF-8 text", where=source) from None
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise UserError(f"malformed {fmt.upper()} metrics: {str(exc).splitlines()[0]}", where=source) from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"malformed {fmt.upper()} metrics: {_clip(first)}", where=source) from None
     except RecursionError:  # json.loads of thousands of nested brackets
         raise UserError(f"malformed {fmt.upper()} metrics: nested too deeply", where=source) from None
     if not isinstance(data, dict):
         raise UserError("a metrics file must hold a mapping of names to numbers", where=source)
     collisions: list[str] = []
-    flat = flatten(data, collisions=collisions)
-    notes = [f"{source}: metric {key!r} is given twice (a dotted key and a nested one); the later value is used"
-             for key in dict.fromkeys(collisions)]
-    bad = [key for key, value in flat.items()
-           if (type(value) is float and not math.isfinite(value)) or (type(value) is not float and abs(value) > _FLOAT_MAX)]
+    try:
+        flat = flatten(data, collisions=collisions, limit=METRICS_MAX_COUNT)
+    except TooManyMetrics:
+        raise UserError(
+            f"metrics file holds more than {METRICS_MAX_COUNT:,} metrics; refusing to use it", where=source
+        ) from None
+    _refuse_lone_surrogates(flat, source)
+    notes = [
+        f"{source}: metric {short_repr(key)} is given twice (a dotted key and a nested one); the later value is used"
+        for key in dict.fromkeys(collisions)
+    ]
+    bad = [
+        key
+        for key, value in flat.items()
+        if (type(value) is float and not math.isfinite(value)) or (type(value) is not float and abs(value) > _FLOAT_MAX)
+    ]
     for key in bad:
         value = flat.pop(key)
-        why = f"is {value}" if isinstance(value, float) else f"is an integer too large for a float ({len(str(abs(value)))} digits)"
-        notes.append(f"{source}: metric {key!r} {why}; skipped (metrics must be finite numbers)")
+        why = (
+            f"is {value}"
+            if isinstance(value, float)
+            else f"is an integer too large for a float ({len(str(abs(value)))} digits)"
+        )
+        notes.append(f"{source}: metric {short_repr(key)} {why}; skipped (metrics must be finite numbers)")
     return ParsedMetrics(flat, tuple(notes))
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _refuse_lone_surrogates(flat: dict[str, Number], source: str) -> None:
+    """A metric name must be Unicode text: a `"\\ud800"` escape in JSON or YAML (or a surrogate in a str
+    given to `parse_metrics`) parses, then fails every record that carries it when that is written."""
+    names = "".join(flat)
+    if names.isascii():
+        return
+    try:
+        names.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(key for key in flat if has_lone_surrogate(key))
+        raise UserError(
+            f"metric name {short_repr(bad)} is not Unicode text (it holds a lone surrogate)", where=source
+        ) from None
 
 
 def load_metrics_file(path: str | Path, display: str | None = None) -> ParsedMetrics:
@@ -172,13 +224,19 @@ class MetricsDiff:
         files: dict[str, dict[str, Any]] = {}
         for c in self.visible(show_all):
             files.setdefault(c.path, {})[c.metric] = {
-                "old": c.old, "new": c.new, "diff": r(c.diff), "pct": r(c.pct),
+                "old": c.old,
+                "new": c.new,
+                "diff": r(c.diff),
+                "pct": r(c.pct),
             }
         return {"a": self.a, "b": self.b, "files": files, "notes": list(self.notes)}
 
 
 def diff_metrics(
-    a_label: str, a: dict[str, dict[str, Number] | None], b_label: str, b: dict[str, dict[str, Number] | None],
+    a_label: str,
+    a: dict[str, dict[str, Number] | None],
+    b_label: str,
+    b: dict[str, dict[str, Number] | None],
     notes: Iterable[str] = (),
 ) -> MetricsDiff:
     """Compare per-file flat metrics. None for a file means that side lacks it (the caller notes why)."""
@@ -199,7 +257,7 @@ def fmt_number(x: Number | None, precision: int) -> str:
         return "—"
     if isinstance(x, int):
         return str(x)
-    if x != 0 and not (10 ** -precision <= abs(x) < 10 ** precision):
+    if x != 0 and not (10**-precision <= abs(x) < 10**precision):
         return f"{x:.{precision}g}"
     text = f"{x:.{precision}f}".rstrip("0").rstrip(".")
     return "0" if text in ("", "-0") else text
@@ -230,7 +288,7 @@ def format_table(d: MetricsDiff, show_all: bool = False, precision: int = 5) -> 
     if rows:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         for r in [header] + rows:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     else:
         lines.append("No metric changed." if not show_all else "No metrics found.")
     lines += [f"note: {n}" for n in d.notes]

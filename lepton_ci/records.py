@@ -7,7 +7,6 @@ lepton-ci passing a newer record along does not strip it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from lepton_ci.errors import UserError
-from lepton_ci.fsutil import atomic_write_json, canonical_json, sha256_bytes
+from lepton_ci.fsutil import atomic_write_json, canonical_json, parse_json_strict, sha256_bytes, short_repr
 from lepton_ci.limits import RECORD_MAX_BYTES
 
 R = TypeVar("R", bound="Record")
@@ -45,16 +44,22 @@ def _type_name(value: Any) -> str:
 def metric_problem(key: Any, value: Any) -> str | None:
     """Why `value` cannot be a metric (a gate compares numbers: finite, not bool, fits a float)."""
     if not isinstance(key, str) or not key or any(ord(c) < 32 for c in key):
-        return f"metric name {str(key)[:60]!r} is not a plain name"
+        return f"metric name {short_repr(key, 60)} is not a plain name"
+    problem = number_problem(value)
+    return f"metric {short_repr(key)} {problem}" if problem else None
+
+
+def number_problem(value: Any) -> str | None:
+    """Why `value` is not a number a record may hold (finite, not a boolean, fits a float), or None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"metric {key!r} is {_type_name(value)}, expected a number"
+        return f"is {_type_name(value)}, expected a number"
     if isinstance(value, int):
         try:
             float(value)
         except OverflowError:
-            return f"metric {key!r} is an integer too large for a float"
+            return "is an integer too large for a float"
     elif not math.isfinite(value):
-        return f"metric {key!r} is {value}; metrics must be finite numbers"
+        return f"is {value}; metrics must be finite numbers"
     return None
 
 
@@ -74,7 +79,8 @@ def validate_artifacts(artifacts: list[Any], source: str, what: str = "artifacts
             raise UserError(f"{what}[{i}] must be an object, got {_type_name(art)}", where=source)
         path, digest, size = art.get("path"), art.get("sha256"), art.get("size", 0)
         if not isinstance(path, str) or not safe_relative_path(path):
-            raise UserError(f"{what}[{i}].path {str(path)[:80]!r} must be a relative path inside the model", where=source)
+            raise UserError(f"{what}[{i}].path {short_repr(path)} must be a relative path inside the model",
+                            where=source)
         if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
             raise UserError(f"{what}[{i}].sha256 must be 64 lower-case hex digits", where=source)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -112,11 +118,12 @@ class Record:
             raise UserError(f"expected a JSON object holding a {cls.KIND} record", where=source)
         kind = data.get("kind")
         if kind != cls.KIND:
-            raise UserError(f"expected a {cls.KIND} record, found kind {kind!r}", where=source)
+            raise UserError(f"expected a {cls.KIND} record, found kind {short_repr(kind)}", where=source)
         version = data.get("schema_version")
         if not isinstance(version, int) or version > cls.SCHEMA_VERSION:
             raise UserError(
-                f"schema_version {version!r} is not supported (this lepton-ci reads up to {cls.SCHEMA_VERSION})",
+                f"schema_version {short_repr(version)} is not supported "
+                f"(this lepton-ci reads up to {cls.SCHEMA_VERSION})",
                 where=source,
             )
         known = {f.name for f in fields(cls)} - {"extra"}
@@ -148,8 +155,9 @@ class Record:
 
 
 def read_json(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> Any:
-    """A bounded JSON read that turns every way it can fail into one line naming the file. NaN and
-    Infinity are refused: records carry finite numbers only."""
+    """A bounded JSON read that turns every way it can fail into one line naming the file; the content
+    is parsed by `fsutil.loads_strict` (strict UTF-8, finite numbers only, no lone surrogates, bounded
+    nesting), so whatever it returns can be written back."""
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > limit:
@@ -163,18 +171,7 @@ def read_json(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> Any:
         raise UserError(f"cannot read {what}: {exc.strerror}", where=str(path)) from None
     if len(raw) > limit:
         raise UserError(f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path))
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"not valid JSON: {exc}", where=str(path)) from None
-    except RecursionError:
-        raise UserError("not valid JSON: nested too deeply", where=str(path)) from None
-    except ValueError as exc:
-        raise UserError(f"not valid JSON: {exc}", where=str(path)) from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (records hold finite numbers only)")
+    return parse_json_strict(raw, what, str(path))
 
 
 def _expected_name(types: tuple[type, ...]) -> str:
@@ -246,9 +243,51 @@ class GateRecord(Record):
         rec = super().from_dict(data, source=source)
         if "metrics" in rec.candidate:
             validate_metrics(rec.candidate["metrics"], source, "candidate.metrics")
-        if not all(isinstance(r, dict) for r in rec.results):
-            raise UserError("results must be a list of objects", where=source)
+        if rec.baseline.get("metrics") is not None:  # null: there was no baseline (first run, `none`)
+            validate_metrics(rec.baseline["metrics"], source, "baseline.metrics")
+        for i, result in enumerate(rec.results):
+            problem = gate_result_problem(result)
+            if problem:
+                raise UserError(f"results[{i}]{problem}", where=source)
         return rec
+
+
+# What each gate result carries (lepton_ci/gate_rules.py `_result`): key -> (JSON types, may be null,
+# required). The numbers are null where a rule had nothing to compare ("no baseline", a metric missing
+# from the candidate); keys a newer lepton-ci adds are kept and not checked.
+GATE_RESULT_FIELDS: dict[str, tuple[tuple[type, ...], bool, bool]] = {
+    "metric": ((str,), False, True),
+    "rule": ((str,), False, True),
+    "passed": ((bool,), False, True),
+    "threshold": ((int, float), True, True),
+    "reason": ((str,), False, True),
+    "observed": ((int, float), True, False),
+    "baseline": ((int, float), True, False),
+    "delta": ((int, float), True, False),
+    "direction": ((str,), False, False),
+}
+
+
+def gate_result_problem(result: Any) -> str | None:
+    """Why one entry of a gate record's `results` cannot be shown or trusted (a suffix for `results[i]`)."""
+    if not isinstance(result, dict):
+        return f" must be an object, got {_type_name(result)}"
+    for key, (types, nullable, required) in GATE_RESULT_FIELDS.items():
+        if key not in result:
+            if required:
+                return f" lacks {key!r}"
+            continue
+        value = result[key]
+        if value is None:
+            if not nullable:
+                return f".{key} must be {_expected_name(types)}, got null"
+        elif types == (int, float):
+            problem = number_problem(value)
+            if problem:
+                return f".{key} {problem}"
+        elif not isinstance(value, types):
+            return f".{key} must be {_expected_name(types)}, got {_type_name(value)}"
+    return None
 
 
 @dataclass
@@ -296,16 +335,20 @@ class ModelVersion(Record):
 
     @property
     def run(self) -> dict[str, Any] | None:
-        return self.metadata.get("run")
+        """The run record stored with the version (None when absent or not an object)."""
+        run = self.metadata.get("run") if isinstance(self.metadata, dict) else None
+        return run if isinstance(run, dict) else None
 
     @property
     def gate(self) -> dict[str, Any] | None:
-        return self.metadata.get("gate")
+        """The gate record stored with the version, as stored (deploy refuses one that is not a record)."""
+        return self.metadata.get("gate") if isinstance(self.metadata, dict) else None
 
     @property
     def metrics(self) -> dict[str, Any]:
-        run = self.run or {}
-        return dict(run.get("metrics") or {})
+        """The run's metrics, unchecked (callers that compare them validate them: see steps/gate.py)."""
+        metrics = (self.run or {}).get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 @dataclass
@@ -331,7 +374,12 @@ class Deployment(Record):
         if isinstance(data, dict) and "process" in data and "state" not in data:  # schema 1: local-only field
             data = {**data, "state": data["process"]}
             data.pop("process")
-        return super().from_dict(data, source=source)
+        rec = super().from_dict(data, source=source)  # also: `previous` is an object or null
+        for i, check in enumerate(rec.health):
+            if not isinstance(check, dict):
+                raise UserError(f"deployment record field 'health'[{i}] must be an object, got {_type_name(check)}",
+                                where=source)
+        return rec
 
     @property
     def process(self) -> dict[str, Any]:

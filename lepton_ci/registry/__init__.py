@@ -8,5 +8,15 @@ references, verification, history chain, push, fetch, check, gc), `backends` (sc
 from lepton_ci.registry.backends import BACKENDS, open_registry
 from lepton_ci.registry.base import AliasEvent, GcItem, Problem, PushResult, Registry, Storage, Stored, Verifier
 
-__all__ = ["BACKENDS", "AliasEvent", "GcItem", "Problem", "PushResult", "Registry", "Storage", "Stored", "Verifier",
-           "open_registry"]
+__all__ = [
+    "BACKENDS",
+    "AliasEvent",
+    "GcItem",
+    "Problem",
+    "PushResult",
+    "Registry",
+    "Storage",
+    "Stored",
+    "Verifier",
+    "open_registry",
+]

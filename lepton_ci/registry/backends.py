@@ -40,5 +40,7 @@ def open_registry(url: str, base_dir: Path, *, create: bool = False) -> Registry
         raise RegistryError(f"registry URL {url!r} not understood (expected file://PATH or oci://HOST/REPO)")
     backend = plugins.load(BACKENDS, scheme, "registry backend")
     if not (isinstance(backend, type) and issubclass(backend, ModelRegistry)) or backend.storage_class is None:
-        raise RegistryError(f"registry backend {scheme!r} ({BACKENDS[scheme]}) is not a ModelRegistry bound to a storage")
+        raise RegistryError(
+            f"registry backend {scheme!r} ({BACKENDS[scheme]}) is not a ModelRegistry bound to a storage"
+        )
     return backend.open(url, Path(base_dir), create=create)  # checks the storage against `Storage`

@@ -11,9 +11,11 @@ layer can import it without a cycle. The scheme table and `open_registry` live i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, ContextManager, Protocol, Sequence, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from lepton_ci.records import ModelVersion
 
@@ -33,14 +35,32 @@ class AliasEvent:
     prev: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "alias": self.alias, "action": self.action, "from": self.from_, "to": self.to,
-                "at": self.at, "reason": self.reason, "actor": self.actor, "prev": self.prev}
+        return {
+            "seq": self.seq,
+            "alias": self.alias,
+            "action": self.action,
+            "from": self.from_,
+            "to": self.to,
+            "at": self.at,
+            "reason": self.reason,
+            "actor": self.actor,
+            "prev": self.prev,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AliasEvent":
+    def from_dict(cls, d: dict[str, Any]) -> AliasEvent:
         """Build from a history line that `shared.parse_history` has already validated (keys and types)."""
-        return cls(seq=d["seq"], alias=d["alias"], action=d["action"], to=d["to"], from_=d.get("from"),
-                   at=d["at"], reason=d.get("reason", ""), actor=d.get("actor", ""), prev=d.get("prev"))
+        return cls(
+            seq=d["seq"],
+            alias=d["alias"],
+            action=d["action"],
+            to=d["to"],
+            from_=d.get("from"),
+            at=d["at"],
+            reason=d.get("reason", ""),
+            actor=d.get("actor", ""),
+            prev=d.get("prev"),
+        )
 
 
 @dataclass
@@ -104,7 +124,7 @@ class Storage(Protocol):
     url: str
 
     @classmethod
-    def from_url(cls, url: str, base_dir: Path, *, create: bool = False) -> "Storage":
+    def from_url(cls, url: str, base_dir: Path, *, create: bool = False) -> Storage:
         """Open the storage at `url`. Nothing there and not `create`: `NotFound`."""
         ...
 
@@ -148,7 +168,7 @@ class Storage(Protocol):
         """Where the history lives, for `file:line` messages."""
         ...
 
-    def lock(self, name: str) -> ContextManager[None]:
+    def lock(self, name: str) -> AbstractContextManager[None]:
         """Serialize writers of one model (version numbering, alias moves) as far as the backend can."""
         ...
 
@@ -171,8 +191,15 @@ class Registry(Protocol):
 
     url: str
 
-    def push(self, name: str, files: list[tuple[str, Path]], metadata: dict[str, Any], *,
-             aliases: Sequence[str] = (), reason: str = "") -> PushResult: ...
+    def push(
+        self,
+        name: str,
+        files: list[tuple[str, Path]],
+        metadata: dict[str, Any],
+        *,
+        aliases: Sequence[str] = (),
+        reason: str = "",
+    ) -> PushResult: ...
 
     def get(self, name: str, ref: str | int) -> ModelVersion: ...
 

@@ -18,7 +18,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import json
 import os
 import re
 import stat
@@ -27,14 +26,16 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
-from lepton_ci.errors import NotFound, RegistryError, TransientError
-from lepton_ci.fsutil import CHUNK, atomic_write_bytes, atomic_write_json
+from lepton_ci.errors import NotFound, RegistryError, TransientError, UserError
+from lepton_ci.fsutil import CHUNK, JsonProblem, atomic_write_bytes, atomic_write_json, loads_strict, short_repr
+from lepton_ci.limits import read_limited
 from lepton_ci.registry.base import Stored
 from lepton_ci.registry.shared import ModelRegistry
 from lepton_ci.timeutil import utcnow
 
 MARKER = "lepton-registry.json"
 MARKER_SCHEMA = 1
+MARKER_MAX_BYTES = 1 << 16  # the marker is three short fields; a bigger one is not ours
 LOCK_TIMEOUT_S = 60.0
 MANIFEST_RE = re.compile(r"([1-9][0-9]{0,17})\.json")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -74,7 +75,7 @@ class LocalStorage:
         """file://PATH; a relative PATH is relative to `base_dir` (the directory of lepton.yml)."""
         raw = url[len("file://"):] if url.startswith("file://") else url
         if not raw:
-            raise RegistryError(f"registry URL {url!r} names no directory (expected file://PATH)")
+            raise RegistryError(f"registry URL {short_repr(url)} names no directory (expected file://PATH)")
         return cls(Path(raw) if raw.startswith("/") else Path(base_dir) / raw, create=create)
 
     @_fs
@@ -117,15 +118,17 @@ class LocalStorage:
         if not stat.S_ISREG(st.st_mode):
             raise RegistryError(f"{marker} is damaged (not a regular file); is this a lepton-ci registry?")
         try:
-            info = json.loads(marker.read_bytes().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise RegistryError(f"{marker} is damaged (not JSON); is this a lepton-ci registry?") from None
+            info = loads_strict(read_limited(marker, MARKER_MAX_BYTES, "registry marker"))
+        except JsonProblem as exc:
+            raise RegistryError(f"{marker} is damaged (not JSON: {exc}); is this a lepton-ci registry?") from None
+        except UserError as exc:  # over the size limit
+            raise RegistryError(f"{exc.message}; is this a lepton-ci registry?", where=exc.where) from None
         if not isinstance(info, dict) or info.get("kind") != "lepton-registry":
             kind = info.get("kind") if isinstance(info, dict) else None
-            raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {kind!r})")
+            raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {short_repr(kind)})")
         version = info.get("schema_version", 1)
         if not isinstance(version, int) or isinstance(version, bool) or version > MARKER_SCHEMA:
-            raise RegistryError(f"{marker}: registry schema_version {version!r} is not supported "
+            raise RegistryError(f"{marker}: registry schema_version {short_repr(version)} is not supported "
                                 f"(this lepton-ci reads up to {MARKER_SCHEMA})")
         return True
 
@@ -151,7 +154,7 @@ class LocalStorage:
 
     def _blob(self, digest_hex: str) -> Path:
         if not HEX64_RE.fullmatch(digest_hex):
-            raise RegistryError(f"{digest_hex!r} is not a sha256 hex digest")
+            raise RegistryError(f"{short_repr(digest_hex)} is not a sha256 hex digest")
         return self.root / "blobs" / "sha256" / digest_hex
 
     def _history(self, name: str) -> Path:
@@ -322,10 +325,10 @@ class LocalStorage:
             parts = item.key.split("/")
             is_temp = (parts[:2] == ["blobs", "tmp"] and len(parts) == 3) or ATOMIC_TEMP_RE.fullmatch(parts[-1])
             if ".." in parts or "" in parts or item.key.startswith("/") or not is_temp:
-                raise RegistryError(f"{item.key!r} is not a temporary file of this registry")
+                raise RegistryError(f"{short_repr(item.key)} is not a temporary file of this registry")
             path = self.root / item.key
         else:
-            raise RegistryError(f"cannot delete a {item.kind!r}")
+            raise RegistryError(f"cannot delete a {short_repr(item.kind)}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from lepton_ci.errors import LeptonError, NotFound, RegistryError, TransientError, UserError
-from lepton_ci.fsutil import CHUNK, canonical_json, sha256_bytes
+from lepton_ci.fsutil import CHUNK, JsonProblem, canonical_json, loads_strict, sha256_bytes, short_repr
 from lepton_ci.records import ModelVersion, artifacts_digest
 from lepton_ci.registry.base import AliasEvent, GcItem, Problem, PushResult, Storage, Stored, Verifier
 from lepton_ci.timeutil import utcnow
@@ -46,14 +46,16 @@ RESERVED_ALIASES = ("latest",)
 def check_name(name: Any) -> str:
     """A model name as storage may use it (a path component, an OCI repository part); else UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UserError(f"model name {name!r} is not valid (lower case letters, digits, . _ -; at most 128)")
+        raise UserError(f"model name {short_repr(name, 130)} is not valid "
+                        f"(lower case letters, digits, . _ -; at most 128)")
     return name
 
 
 def check_alias(alias: Any) -> str:
     """An alias name; `latest` is reserved because it is a reference of its own."""
     if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias in RESERVED_ALIASES:
-        raise UserError(f"alias {alias!r} is not valid (lower case letter first, then letters, digits, _ -; not 'latest')")
+        raise UserError(f"alias {short_repr(alias)} is not valid "
+                        f"(lower case letter first, then letters, digits, _ -; not 'latest')")
     return alias
 
 
@@ -61,23 +63,19 @@ def artifact_path_problem(path: Any) -> str | None:
     """Why `path` may not name a file inside a version, or None. Checked on push and on every read,
     because `fetch` joins it to a destination directory: it must stay inside, on every platform."""
     if not isinstance(path, str) or not path:
-        return f"artifact path {path!r} is not a non-empty string"
+        return f"artifact path {short_repr(path)} is not a non-empty string"
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return f"artifact path {path!r} contains a control character"
+        return f"artifact path {short_repr(path)} contains a control character"
     if "\\" in path:
-        return f"artifact path {path!r} contains a backslash"
+        return f"artifact path {short_repr(path)} contains a backslash"
     if path.startswith("/") or re.match(r"[A-Za-z]:", path):
-        return f"artifact path {path!r} is absolute"
+        return f"artifact path {short_repr(path)} is absolute"
     if any(part in ("", ".", "..") for part in path.split("/")):
-        return f"artifact path {path!r} escapes the version or is not normalised (empty, '.' or '..' part)"
+        return f"artifact path {short_repr(path)} escapes the version or is not normalised (empty, '.' or '..' part)"
     return None
 
 
 # --- versions -------------------------------------------------------------------------------------------
-
-
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not a JSON number")
 
 
 def manifest_bytes(mv: ModelVersion) -> bytes:
@@ -88,8 +86,8 @@ def manifest_bytes(mv: ModelVersion) -> bytes:
 def parse_manifest(data: bytes, where: str) -> ModelVersion:
     """Bytes from storage -> ModelVersion, unverified; anything unparseable is a RegistryError."""
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = loads_strict(data)  # the one strict reader (fsutil): UTF-8, finite numbers, bounded nesting
+    except JsonProblem as exc:
         raise RegistryError(f"{where}: version manifest is damaged (not JSON: {exc})") from None
     try:
         return ModelVersion.from_dict(obj, source=where)
@@ -119,13 +117,14 @@ def _artifact_problems(artifacts: Any) -> list[str]:
     seen: set[str] = set()
     for p in paths:
         if p in seen:
-            problems.append(f"artifact path {p!r} appears twice")
+            problems.append(f"artifact path {short_repr(p)} appears twice")
         seen.add(p)
     for p in paths:  # "a" and "a/b" cannot both be files
         parts = p.split("/")
         for k in range(1, len(parts)):
             if "/".join(parts[:k]) in seen:
-                problems.append(f"artifact path {p!r} lies under another artifact file {'/'.join(parts[:k])!r}")
+                problems.append(f"artifact path {short_repr(p)} lies under another artifact file "
+                                f"{short_repr('/'.join(parts[:k]))}")
     return problems
 
 
@@ -161,7 +160,7 @@ def version_problems(mv: ModelVersion, name: str, number: int) -> list[str]:
         if why:
             problems.append(f"metadata.model_file: {why}")
         elif model_file not in paths:
-            problems.append(f"metadata.model_file {model_file!r} is not one of the version's artifacts")
+            problems.append(f"metadata.model_file {short_repr(model_file)} is not one of the version's artifacts")
     problems += _record_problems(mv.metadata, mv.artifacts_digest)
     return problems
 
@@ -192,7 +191,7 @@ def referenced_blobs(data: bytes) -> set[str] | None:
     bytes are too damaged to tell, so `gc` can refuse rather than delete something still referenced."""
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("artifacts"), list):
         return None
@@ -241,9 +240,10 @@ def parse_history(data: bytes | None, where: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            event = json.loads(line, parse_constant=_reject_constant)
-        except ValueError:
-            raise RegistryError(f"{where}:{i}: alias history is damaged (not JSON); run `lepton-ci registry check`") from None
+            event = loads_strict(line)
+        except JsonProblem as exc:
+            raise RegistryError(f"{where}:{i}: alias history is damaged (not JSON: {exc}); "
+                                f"run `lepton-ci registry check`") from None
         if not isinstance(event, dict):
             raise RegistryError(f"{where}:{i}: alias history is damaged (an event is not a JSON object)")
         for key, (valid, required) in EVENT_FIELDS.items():
@@ -251,7 +251,7 @@ def parse_history(data: bytes | None, where: str) -> list[dict[str, Any]]:
                 if required:
                     raise RegistryError(f"{where}:{i}: alias history is damaged (event lacks {key!r})")
             elif not valid(event[key]):
-                raise RegistryError(f"{where}:{i}: alias history is damaged ({key!r} is {event[key]!r})")
+                raise RegistryError(f"{where}:{i}: alias history is damaged ({key!r} is {short_repr(event[key])})")
         events.append(event)
     return events
 
@@ -376,19 +376,20 @@ class ModelRegistry:
         """Resolve a reference. `NotFound` only when the registry was read and holds no such version."""
         check_name(name)
         if isinstance(ref, bool) or not isinstance(ref, (int, str)):
-            raise RegistryError(f"reference {ref!r} is not a version number, alias, digest or 'latest'")
+            raise RegistryError(f"reference {short_repr(ref)} is not a version number, alias, digest or 'latest'")
         text = str(ref)
         number_ref = NUMBER_REF_RE.fullmatch(text)
         if not (text == "latest" or number_ref or text.startswith("sha256:")):
             if not ALIAS_RE.fullmatch(text):  # checked before reading: a malformed ref is never "not found"
-                raise RegistryError(f"reference {text!r} is not a version number (3 or v3), an alias, "
+                raise RegistryError(f"reference {short_repr(text)} is not a version number (3 or v3), an alias, "
                                     f"a sha256: digest or 'latest'")
         if text.startswith("sha256:"):
             hexpart = text[len("sha256:"):]
             if len(hexpart) < MIN_PREFIX_HEX:
-                raise RegistryError(f"digest prefix {text!r} is too short (give at least {MIN_PREFIX_HEX} hex digits after sha256:)")
+                raise RegistryError(f"digest prefix {short_repr(text)} is too short "
+                                    f"(give at least {MIN_PREFIX_HEX} hex digits after sha256:)")
             if not re.fullmatch(r"[0-9a-f]{1,64}", hexpart):
-                raise RegistryError(f"{text!r} is not a sha256 digest (lower-case hex after sha256:)")
+                raise RegistryError(f"{short_repr(text)} is not a sha256 digest (lower-case hex after sha256:)")
         numbers = self.version_numbers(name)
         if not numbers:
             if self._events(name):  # aliases moved to versions that are gone: damage, not a first run
@@ -408,11 +409,12 @@ class ModelRegistry:
         if text in aliases:
             target = aliases[text]
             if target not in numbers:
-                raise RegistryError(f"alias {text!r} of {name!r} points at version {target}, which is missing; "
+                raise RegistryError(f"alias {short_repr(text)} of {name!r} points at version {target}, "
+                                    f"which is missing; "
                                     f"run `lepton-ci registry check`")
             return self._read(name, target)
         known = ", ".join(sorted(aliases)) or "none"
-        raise NotFound(f"model {name!r} has no alias {text!r} (aliases: {known}; or give a version number)")
+        raise NotFound(f"model {name!r} has no alias {short_repr(text)} (aliases: {known}; or give a version number)")
 
     def _by_digest(self, name: str, text: str) -> ModelVersion:
         found = self.versions(name)
@@ -451,7 +453,10 @@ class ModelRegistry:
         event = AliasEvent(seq=len(events) + 1, alias=alias, action=action, to=version,
                            from_=current_aliases(events).get(alias), at=utcnow(), reason=reason, actor=actor(),
                            prev=event_digest(events[-1]) if events else None)
-        self.storage.write_history(name, history_text(events + [event.to_dict()]))
+        new = event.to_dict()
+        canonical_json(new)  # a reason or actor that is not Unicode text (a lone surrogate) is a UserError now,
+        # not a history that every later read refuses
+        self.storage.write_history(name, history_text(events + [new]))
         return event
 
     def move_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> AliasEvent:
@@ -468,10 +473,10 @@ class ModelRegistry:
         with self.storage.lock(name):
             events = self._events(name)
             if alias not in current_aliases(events):
-                raise NotFound(f"model {name!r} has no alias {alias!r}")
+                raise NotFound(f"model {name!r} has no alias {short_repr(alias)}")
             stack = alias_stack(events, alias)
             if len(stack) < 2:
-                raise RegistryError(f"alias {alias!r} of {name!r} has no previous target to roll back to")
+                raise RegistryError(f"alias {short_repr(alias)} of {name!r} has no previous target to roll back to")
             self._read(name, stack[-2])
             return self._move(name, alias, stack[-2], reason or "rollback", action="rollback")
 
@@ -498,7 +503,7 @@ class ModelRegistry:
                 raise UserError(why)
         model_file = metadata.get("model_file")
         if "model_file" in metadata and model_file not in rels:
-            raise UserError(f"model file {model_file!r} is not one of the artifacts ({', '.join(rels)}); "
+            raise UserError(f"model file {short_repr(model_file)} is not one of the artifacts ({', '.join(rels)}); "
                             f"set model.file to an artifact path")
         stored = []
         for rel, src in files:

@@ -23,11 +23,11 @@ from typing import Any, Iterator
 from lepton_ci import signing
 from lepton_ci.config import Config
 from lepton_ci.errors import NotFound, UserError
-from lepton_ci.fsutil import sha256_file
+from lepton_ci.fsutil import sha256_file, short_repr
 from lepton_ci.gate_rules import evaluate
 from lepton_ci.gitio import read_files_at
 from lepton_ci.metrics import parse_metrics
-from lepton_ci.records import GateRecord, RunRecord, artifacts_digest
+from lepton_ci.records import GateRecord, ModelVersion, RunRecord, artifacts_digest, validate_metrics
 from lepton_ci.registry import open_registry
 from lepton_ci.timeutil import utcnow
 
@@ -69,8 +69,25 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
         if explicit:
             raise
         why = exc.message.split(" (")[0]
-        return {"source": "registry", "ref": spec, "metrics": None, "note": f"no baseline for {spec!r} yet: {why}"}
-    return {"source": "registry", "ref": spec, "version": mv.version, "digest": mv.digest, "metrics": mv.metrics}
+        note = f"no baseline for {short_repr(spec)} yet: {why}"
+        return {"source": "registry", "ref": spec, "metrics": None, "note": note}
+    return {"source": "registry", "ref": spec, "version": mv.version, "digest": mv.digest,
+            "metrics": registry_baseline_metrics(mv)}
+
+
+def registry_baseline_metrics(mv: ModelVersion) -> dict[str, Any]:
+    """The metrics a registry version was tagged with, checked like a record's: a version whose run record
+    holds something a gate cannot compare fails the gate (exit 2) instead of passing it as "no baseline
+    value". A version tagged without a run record has no metrics (the change rules then say so)."""
+    where = f"{mv.name} v{mv.version} in the registry"
+    run = mv.metadata.get("run")
+    if run is None:
+        return {}
+    if not isinstance(run, dict):
+        raise UserError("metadata.run of the baseline version must be a run record (an object)", where=where)
+    metrics = run.get("metrics", {})
+    validate_metrics(metrics, where, "baseline metrics (metadata.run.metrics)")
+    return dict(metrics)
 
 
 @contextlib.contextmanager
@@ -102,9 +119,10 @@ def gate(config: Config, *, run_path: Path | None = None, baseline: str | None =
     run_path = run_path or config.run_path
     run = RunRecord.read(run_path)
     if not run.succeeded:
-        raise UserError(f"the run in {run_path} did not succeed ({run.exit.get('status')}); nothing to gate")
+        raise UserError(f"the run in {run_path} did not succeed ({str(run.exit.get('status'))[:80]}); nothing to gate")
     if run.model and run.model != config.model_name:
-        raise UserError(f"{run_path} is a run of model {run.model!r}, but lepton.yml names {config.model_name!r}")
+        raise UserError(f"{run_path} is a run of model {short_repr(run.model)}, "
+                        f"but lepton.yml names {config.model_name!r}")
     spec = baseline or section.get("baseline") or DEFAULT_BASELINE
     base = resolve_baseline(config, spec, explicit=baseline is not None)
     rules = section.get("rules") or []

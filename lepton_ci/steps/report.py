@@ -39,6 +39,16 @@ def _read_optional(cls: Any, path: Path | None) -> Any:
     return cls.read(path) if path is not None and path.is_file() else None
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """An optional object field of a record: itself when it is one, else empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    """An optional text field of a record: itself when it is a string, else None (not shown)."""
+    return value if isinstance(value, str) else None
+
+
 def _change(candidate: float | None, baseline: float | None, direction: str | None, precision: int) -> tuple[str, str]:
     """Change text and arrow; the arrow is coloured only when a gate rule says which direction is better."""
     if candidate is None or baseline is None:
@@ -57,8 +67,10 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
                   deployment: Deployment | None, model: str, precision: int, aliases: list[str]) -> dict[str, Any]:
     if run is None and gate is None:
         raise UserError("nothing to report: no run.json and no gate.json (run `lepton-ci train` and `lepton-ci gate` first)")
-    candidate_metrics = (gate.candidate.get("metrics") if gate else None) or (run.metrics if run else {})
-    baseline_metrics = (gate.baseline.get("metrics") if gate else None) or {}
+    # GateRecord.from_dict has checked candidate.metrics, baseline.metrics and each result; what is read
+    # here beyond that is optional and shown only when it has the expected type.
+    candidate_metrics = _mapping(gate.candidate.get("metrics") if gate else None) or (run.metrics if run else {})
+    baseline_metrics = _mapping(gate.baseline.get("metrics") if gate else None)
     directions = {r["metric"]: r.get("direction", "higher") for r in (gate.results if gate else [])}
     num = lambda x: "—" if x is None else fmt_number(x, precision)  # noqa: E731
     rows = []
@@ -66,8 +78,9 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
         c, b = candidate_metrics.get(metric), baseline_metrics.get(metric)
         change, arrow = _change(c, b, directions.get(metric), precision)
         rows.append({"metric": metric, "candidate": num(c), "baseline": num(b), "change": change, "arrow": arrow})
-    results = [{**r, "threshold": num(r["threshold"]), "observed": num(r["observed"]), "baseline": num(r["baseline"]),
-                "reason": str(r["reason"]).replace("|", "\\|")} for r in (gate.results if gate else [])]
+    results = [{**r, "threshold": num(r.get("threshold")), "observed": num(r.get("observed")),
+                "baseline": num(r.get("baseline")), "passed": r.get("passed") is True,
+                "reason": str(r.get("reason", "")).replace("|", "\\|")} for r in (gate.results if gate else [])]
     notes: list[str] = []
     baseline_text = None
     if gate:
@@ -82,9 +95,11 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
             notes.append(str(base["note"]))
     src = run or None
     from_gate = gate.candidate if gate else {}
-    git = (src.git if src else from_gate.get("git")) or {}
-    candidate = {"run_id": src.run_id if src else from_gate.get("run_id"), "git_sha": (git.get("sha") or "")[:10],
-                 "git_ref": git.get("ref"), "dirty": git.get("dirty")}
+    git = _mapping(src.git if src else from_gate.get("git"))
+    sha = git.get("sha")
+    candidate = {"run_id": src.run_id if src else _text(from_gate.get("run_id")),
+                 "git_sha": sha[:10] if isinstance(sha, str) else "", "git_ref": _text(git.get("ref")),
+                 "dirty": git.get("dirty") is True}
     signature = None
     if gate:
         sig = gate.signature or {}
@@ -95,7 +110,7 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
             signature = f"Gate record unsigned: {sig.get('reason', 'no signing key')}"
     verdict = gate.verdict if gate else None
     dep = None
-    if deployment is not None:
+    if deployment is not None:  # Deployment.from_dict: health entries are objects, previous an object or null
         dep = {"status": deployment.status, "target": deployment.target, "version": deployment.version,
                "endpoint": deployment.endpoint, "previous": (deployment.previous or {}).get("version"),
                "checks": [{"check": h.get("check"), "passed": h.get("passed"), "ms": h.get("ms")} for h in deployment.health]}

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.support.tools import github_actions_tool
-from tests.support.keys import PRIVATE_ONE_LINE
+from tests.support.keys import PRIVATE_ONE_LINE, commit_public_key
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +161,7 @@ def make_project(lab: Lab, name: str) -> tuple[Path, str]:
     repo.mkdir()
     for f in ("lepton.yml", "train.py", ".gitignore"):
         shutil.copy2(EXAMPLE / f, repo / f)
+    commit_public_key(repo)
     _git(repo, "init", "-q", "-b", "smaller-c")
     _git(repo, "remote", "add", "origin", f"https://github.com/{REPO}.git")
     _git(repo, "add", "-A")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from tests.support.keys import PRIVATE_ONE_LINE
+from tests.support.keys import PRIVATE_ONE_LINE, commit_public_key
 
 pytestmark = pytest.mark.slow
 
@@ -183,6 +183,7 @@ def make_repo(lab: Lab, name: str, ci_yaml: str) -> Path:
     shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__", ".lepton"))
     (repo / ".gitignore").write_text(".gitlab-ci-local/\n.lepton/\n.lepton-venv/\n")
     (repo / ".gitlab-ci.yml").write_text(ci_yaml)
+    commit_public_key(repo)
     cache = repo / ".gitlab-ci-local" / "includes" / ORIGIN_HOST / TEMPLATES_PROJECT / TEMPLATES_REF
     shutil.copytree(ROOT / "gitlab-templates", cache)
     _git(repo, "init", "-q", "-b", "feature/smaller-c")
@@ -207,7 +208,9 @@ class Run:
         return set(re.findall(r"^\s*PASS\s+(\S+)", self.output, flags=re.M))
 
     def __repr__(self) -> str:
-        return f"Run(code={self.code}, output=...{self.output[-6000:]})"
+        # pip's "Location ... is ignored" warnings (this machine's package index layout) crowd out the error
+        useful = "\n".join(line for line in self.output.splitlines() if "is ignored: it is neither" not in line)
+        return f"Run(code={self.code}, output=...{useful[-6000:]})"
 
 
 def gcl(lab: Lab, repo: Path, *jobs: str, iid: int, token: str | None = TOKEN, extra: dict[str, str] | None = None,
@@ -275,8 +278,18 @@ def artifact(repo: Path, job: str, name: str) -> dict[str, Any]:
 
 
 def assert_pipeline_passed(run: Run, jobs: list[str]) -> None:
-    assert run.code == 0, run
-    assert set(jobs) <= run.passed(), run
+    failed = [job for job in jobs if job not in run.passed()]
+    logs = "".join(f"\n--- {job}.log (tail) ---\n{_log_tail(run, job)}" for job in failed[:1])
+    assert run.code == 0, f"{run!r}{logs}"
+    assert not failed, f"{run!r}{logs}"
+
+
+def _log_tail(run: Run, job: str) -> str:
+    try:
+        text = run.job_log(job)
+    except OSError:
+        return "(no log)"
+    return "\n".join(line for line in text.splitlines() if "is ignored: it is neither" not in line)[-3000:]
 
 
 def assert_sticky_updated_in_place(lab: Lab, iid: int) -> dict[str, Any]:

@@ -5,6 +5,8 @@
 drops line breaks (act -s, gitlab-ci-local --variable). `OTHER_*` is an attacker's or an old key.
 """
 
+from pathlib import Path
+
 PRIVATE_PEM = """-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgBZwHWX/PgV8ezZQr
 Z1CfQsS5tk9Y885NtbxyvLb1P7ahRANCAAQD7/jwp/NLr/apoJcdzWZ8OSGzHPfv
@@ -35,3 +37,10 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEiO1v2J4np14cFNvP/pdPEa6VFUZw
 UP+9lgVyHMaaGbviI2kn7BAPfC/MHElbdK6egtaDnrIrY6B60dV4Rduydw==
 -----END PUBLIC KEY-----
 """
+
+
+def commit_public_key(project: Path, name: str = "lepton-signing.pub") -> None:
+    """What docs/keys.md tells users to do: the public key beside lepton.yml, named in signing.public_key."""
+    (project / name).write_text(PUBLIC_PEM)
+    with open(project / "lepton.yml", "a") as f:
+        f.write(f"signing:\n  public_key: {name}\n")

@@ -158,7 +158,7 @@ def test_action_rules(action: Path) -> None:
         for ref in re.findall(r"inputs\.([\w-]+)", str(step.get("working-directory", ""))):
             used_inputs.add(ref)
         read = set(re.findall(r"\$\{?(LEPTON_[A-Z0-9_]+)", script))
-        optional = {"LEPTON_CI_CONFIG", "LEPTON_CI_REGISTRY", "LEPTON_CI_SIGNING_KEY"}  # only unset when empty
+        optional = {"LEPTON_CI_CONFIG", "LEPTON_CI_REGISTRY", "LEPTON_CI_SIGNING_KEY", "LEPTON_CI_PUBLIC_KEY"}  # only unset when empty
         assert read - set(env) - optional == set(), f"step {step['id']} reads env it does not set"
         assert {k for k in env if k.startswith("LEPTON_") and not k.startswith("LEPTON_CI_")} <= read, \
             f"step {step['id']} sets env it never reads"
