@@ -31,18 +31,22 @@ def history_chart(metric: str, history: list[tuple[str, float]], candidate: floa
     lo, hi = _axis_range([v for _, v in points])
     labels = ", ".join(_label(name) for name, _ in points)
     values = ", ".join(f"{v:.6g}" for _, v in points)
-    return "\n".join([
-        "```mermaid",
-        "xychart-beta",
-        f"    title {_label(metric)}",
-        f"    x-axis [{labels}]",
-        f"    y-axis {_label(metric)} {lo:.6g} --> {hi:.6g}",
-        f"    line [{values}]",
-        "```",
-    ])
+    return "\n".join(
+        [
+            "```mermaid",
+            "xychart-beta",
+            f"    title {_label(metric)}",
+            f"    x-axis [{labels}]",
+            f"    y-axis {_label(metric)} {lo:.6g} --> {hi:.6g}",
+            f"    line [{values}]",
+            "```",
+        ]
+    )
 
 
-def history_charts(metrics: list[str], versions: list[Any], candidate: dict[str, Any], aliases: dict[str, int]) -> list[str]:
+def history_charts(
+    metrics: list[str], versions: list[Any], candidate: dict[str, Any], aliases: dict[str, int]
+) -> list[str]:
     by_version = {v: a for a, v in sorted(aliases.items())}
     out = []
     for metric in metrics:

@@ -53,8 +53,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="lepton-ci", message="%(prog)s %(version)s")
-@click.option("-c", "--config", "config_path", metavar="PATH", envvar="LEPTON_CI_CONFIG",
-              help="Project config (default: ./lepton.yml).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="PATH",
+    envvar="LEPTON_CI_CONFIG",
+    help="Project config (default: ./lepton.yml).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (also: LEPTON_CI_DEBUG=1).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
@@ -123,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OSError) and exc.filename:
             click.echo(_masked(f"lepton-ci: error: {exc.strerror}: {exc.filename}"), err=True)
             return 2
-        click.echo(_masked(f"lepton-ci: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-                           "traceback)"), err=True)
+        click.echo(
+            _masked(f"lepton-ci: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"),
+            err=True,
+        )
         return 70
 
 

@@ -49,7 +49,9 @@ def load_schema() -> dict[str, Any]:
 MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _NO_FINAL_NEWLINE = "(?!\\n)"
-MODEL_NAME_WANT = "lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
+MODEL_NAME_WANT = (
+    "lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
+)
 
 
 def _yaml_loader(text: str) -> Any:
@@ -97,7 +99,9 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
             try:
                 loader.flatten_mapping(n)  # resolve `<<:` merge keys, as yaml.safe_load would
             except yaml.YAMLError as exc:
-                raise ConfigError(f"bad merge key: {_yaml_problem(exc)}", where=f"{filename}:{n.start_mark.line + 1}") from None
+                raise ConfigError(
+                    f"bad merge key: {_yaml_problem(exc)}", where=f"{filename}:{n.start_mark.line + 1}"
+                ) from None
             merged = len(n.value) - own  # flatten_mapping puts merged pairs first; own keys override them
             out: dict[Any, Any] = {}
             own_keys: set[Any] = set()
@@ -105,9 +109,13 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
                 try:
                     key = loader.construct_object(key_node, deep=True)
                 except BAD_VALUE as exc:
-                    raise ConfigError(f"bad key: {_yaml_problem(exc)}", where=f"{filename}:{key_node.start_mark.line + 1}") from None
+                    raise ConfigError(
+                        f"bad key: {_yaml_problem(exc)}", where=f"{filename}:{key_node.start_mark.line + 1}"
+                    ) from None
                 if not isinstance(key, (str, int, float, bool)):
-                    raise ConfigError("mapping keys must be plain scalars", where=f"{filename}:{key_node.start_mark.line + 1}")
+                    raise ConfigError(
+                        "mapping keys must be plain scalars", where=f"{filename}:{key_node.start_mark.line + 1}"
+                    )
                 if index >= merged:
                     if key in own_keys:
                         raise ConfigError(
@@ -131,14 +139,26 @@ def parse_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[KeyPath, 
 
 
 _TYPE_NAMES = {
-    "object": "a mapping", "array": "a list", "string": "a string", "number": "a number",
-    "integer": "an integer", "boolean": "true or false", "null": "null",
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "null": "null",
 }
 
 
 def _describe(value: Any) -> str:
-    kind = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)
+    kind = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "empty",
+    }.get(type(value), type(value).__name__)
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return f"{kind} {short_repr(value)}"
     return kind
@@ -224,14 +244,18 @@ def _check_names(data: dict[str, Any], lines: dict[KeyPath, int], filename: str)
         checks.append((("deploy", "alias"), deploy["alias"], ALIAS_RE, "an alias name"))
     for path, value, pattern, want in checks:
         if not pattern.fullmatch(value):
-            raise ConfigError(f"{format_keypath(path)!r} must be {want}; got {short_repr(value)}",
-                              where=f"{filename}:{_line_for(lines, path)}")
+            raise ConfigError(
+                f"{format_keypath(path)!r} must be {want}; got {short_repr(value)}",
+                where=f"{filename}:{_line_for(lines, path)}",
+            )
     for path, value in sorted(_name_like_strings(data), key=lambda pv: _line_for(lines, pv[0])):  # first in the file
         bad = LINE_BREAKING_RE.search(value)
         if bad:
-            raise ConfigError(f"{format_keypath(path)!r} must not contain control characters or line separators "
-                              f"(found {bad.group()!r} in {short_repr(value)})",
-                              where=f"{filename}:{_line_for(lines, path)}")
+            raise ConfigError(
+                f"{format_keypath(path)!r} must not contain control characters or line separators "
+                f"(found {bad.group()!r} in {short_repr(value)})",
+                where=f"{filename}:{_line_for(lines, path)}",
+            )
 
 
 # Characters that end or hide a line when a name is printed in a one-line message, a step summary or a
@@ -242,8 +266,15 @@ LINE_BREAKING_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # one line. Not here: train.command and deploy.smoke_request (multi-line values are normal there), train.env
 # values and signing.public_key (a PEM block); model.name and the aliases have their own whole-string patterns.
 _NAME_LIKE: tuple[KeyPath, ...] = (
-    ("model", "file"), ("train", "workdir"), ("train", "output"), ("gate", "baseline"), ("gate", "output"),
-    ("registry",), ("deploy", "host"), ("deploy", "output"), ("report", "output"),
+    ("model", "file"),
+    ("train", "workdir"),
+    ("train", "output"),
+    ("gate", "baseline"),
+    ("gate", "output"),
+    ("registry",),
+    ("deploy", "host"),
+    ("deploy", "output"),
+    ("report", "output"),
 )
 _NAME_LIKE_LISTS: tuple[KeyPath, ...] = (("train", "metrics"), ("train", "artifacts"), ("train", "data"))
 
@@ -263,8 +294,11 @@ def _name_like_strings(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     found += [(path, value) for path in _NAME_LIKE if isinstance(value := get(path), str)]
     for path in _NAME_LIKE_LISTS:
         items = get(path)
-        found += [(path + (i,), item) for i, item in enumerate(items if isinstance(items, list) else [])
-                  if isinstance(item, str)]
+        found += [
+            (path + (i,), item)
+            for i, item in enumerate(items if isinstance(items, list) else [])
+            if isinstance(item, str)
+        ]
     return found
 
 

@@ -6,6 +6,7 @@ torch's version costs a file read and not a multi-second import.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -14,8 +15,23 @@ import subprocess
 import sys
 from typing import Any
 
-KEY_PACKAGES = ("lepton-ci", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "torch", "tensorflow",
-                "tensorflow-cpu", "keras", "xgboost", "lightgbm", "onnx", "onnxruntime", "transformers")
+KEY_PACKAGES = (
+    "lepton-ci",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "joblib",
+    "torch",
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "xgboost",
+    "lightgbm",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -23,10 +39,8 @@ def package_versions() -> dict[str, str]:
 
     found = {}
     for name in KEY_PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return found
 
 
@@ -36,8 +50,12 @@ def gpus() -> list[dict[str, Any]]:
     if not smi:
         return []
     try:
-        q = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, timeout=15)
+        q = subprocess.run(
+            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
         head = subprocess.run([smi], capture_output=True, text=True, timeout=15).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
@@ -49,7 +67,9 @@ def gpus() -> list[dict[str, Any]]:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 3:
             mem = int(parts[1]) if parts[1].isdigit() else parts[1]
-            out.append({"name": parts[0], "memory_mib": mem, "driver": parts[2], "cuda": cuda.group(1) if cuda else None})
+            out.append(
+                {"name": parts[0], "memory_mib": mem, "driver": parts[2], "cuda": cuda.group(1) if cuda else None}
+            )
     return out
 
 

@@ -14,6 +14,7 @@ one-line `UserError` as a last line of defence.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -50,7 +51,7 @@ def short_repr(value: Any, limit: int = 80) -> str:
         text = repr(value[:limit])
         if len(value) <= limit and len(text) <= limit + 2:
             return text
-        return f"{text[:limit + 1]}…{text[0]} ({len(value)} chars)"
+        return f"{text[: limit + 1]}…{text[0]} ({len(value)} chars)"
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     try:
@@ -149,8 +150,9 @@ def _dumps(obj: Any, where: str | None, **options: Any) -> bytes:
     try:
         return json.dumps(obj, ensure_ascii=False, allow_nan=False, **options).encode("utf-8")
     except UnicodeEncodeError:
-        raise JsonEncodeError("cannot write JSON: a string holds a lone surrogate (not Unicode text)",
-                              where=where) from None
+        raise JsonEncodeError(
+            "cannot write JSON: a string holds a lone surrogate (not Unicode text)", where=where
+        ) from None
     except RecursionError:
         raise JsonEncodeError("cannot write JSON: nested too deeply", where=where) from None
     except ValueError as exc:  # "Out of range float values are not JSON compliant"
@@ -209,10 +211,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, exclusive: bool 
         else:
             os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(target.parent)
 

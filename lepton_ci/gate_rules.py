@@ -24,14 +24,37 @@ def _at_most(value: float, limit: float) -> bool:
     return value <= limit or math.isclose(value, limit, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _result(metric: str, rule: str, threshold: Any, observed: Any, baseline: Any, delta: Any, passed: bool,
-            reason: str, direction: str) -> dict[str, Any]:
-    return {"metric": metric, "rule": rule, "threshold": threshold, "direction": direction, "observed": observed,
-            "baseline": baseline, "delta": delta, "passed": passed, "reason": reason}
+def _result(
+    metric: str,
+    rule: str,
+    threshold: Any,
+    observed: Any,
+    baseline: Any,
+    delta: Any,
+    passed: bool,
+    reason: str,
+    direction: str,
+) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "rule": rule,
+        "threshold": threshold,
+        "direction": direction,
+        "observed": observed,
+        "baseline": baseline,
+        "delta": delta,
+        "passed": passed,
+        "reason": reason,
+    }
 
 
-def evaluate_rule(rule: dict[str, Any], candidate: dict[str, Any], baseline: dict[str, Any] | None,
-                  candidate_source: str, first_run: str = "pass") -> list[dict[str, Any]]:
+def evaluate_rule(
+    rule: dict[str, Any],
+    candidate: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    candidate_source: str,
+    first_run: str = "pass",
+) -> list[dict[str, Any]]:
     """One result per constraint in the rule (a rule with min and max_drop yields two)."""
     metric = rule["metric"]
     direction = rule.get("direction", "higher")
@@ -39,50 +62,140 @@ def evaluate_rule(rule: dict[str, Any], candidate: dict[str, Any], baseline: dic
     observed = candidate.get(metric)
     base = None if baseline is None else baseline.get(metric)
     if observed is None:
-        return [_result(metric, k, rule[k], None, base, None, False,
-                        f"metric {metric!r} is missing from the candidate ({candidate_source})", direction) for k in kinds]
+        return [
+            _result(
+                metric,
+                k,
+                rule[k],
+                None,
+                base,
+                None,
+                False,
+                f"metric {metric!r} is missing from the candidate ({candidate_source})",
+                direction,
+            )
+            for k in kinds
+        ]
     results = []
     delta = None if base is None else observed - base
     for kind in kinds:
         t = rule[kind]
         if kind == "min":
             ok = observed >= t
-            results.append(_result(metric, kind, t, observed, base, delta, ok,
-                                   f"{observed:g} {'>=' if ok else '<'} min {t:g}", direction))
+            results.append(
+                _result(
+                    metric,
+                    kind,
+                    t,
+                    observed,
+                    base,
+                    delta,
+                    ok,
+                    f"{observed:g} {'>=' if ok else '<'} min {t:g}",
+                    direction,
+                )
+            )
         elif kind == "max":
             ok = observed <= t
-            results.append(_result(metric, kind, t, observed, base, delta, ok,
-                                   f"{observed:g} {'<=' if ok else '>'} max {t:g}", direction))
+            results.append(
+                _result(
+                    metric,
+                    kind,
+                    t,
+                    observed,
+                    base,
+                    delta,
+                    ok,
+                    f"{observed:g} {'<=' if ok else '>'} max {t:g}",
+                    direction,
+                )
+            )
         elif baseline is None:
             ok = first_run == "pass"
-            results.append(_result(metric, kind, t, observed, None, None, ok,
-                                   "no baseline (first run)" + ("" if ok else "; gate.first_run is fail"), direction))
-        elif base is None:
-            results.append(_result(metric, kind, t, observed, None, None, True,
-                                   f"no baseline value for {metric!r}", direction))
+            results.append(
+                _result(
+                    metric,
+                    kind,
+                    t,
+                    observed,
+                    None,
+                    None,
+                    ok,
+                    "no baseline (first run)" + ("" if ok else "; gate.first_run is fail"),
+                    direction,
+                )
+            )
+        elif base is None or delta is None:  # delta is None exactly when base is
+            results.append(
+                _result(metric, kind, t, observed, None, None, True, f"no baseline value for {metric!r}", direction)
+            )
         else:
             worse = -delta if direction == "higher" else delta  # > 0 means the candidate got worse
             if kind == "max_drop":
                 ok = _at_most(worse, t)
                 what = f"drop {worse:g}" if worse > 0 else f"gain {-worse:g}" if worse < 0 else "no change"
-                results.append(_result(metric, kind, t, observed, base, delta, ok,
-                                       f"{what} {'<=' if ok else '>'} max_drop {t:g}" if worse > 0 else f"{what}", direction))
+                results.append(
+                    _result(
+                        metric,
+                        kind,
+                        t,
+                        observed,
+                        base,
+                        delta,
+                        ok,
+                        f"{what} {'<=' if ok else '>'} max_drop {t:g}" if worse > 0 else f"{what}",
+                        direction,
+                    )
+                )
             elif base == 0:
                 ok = rule.get("zero_baseline", "fail") == "pass"
-                results.append(_result(metric, kind, t, observed, base, delta, ok,
-                                       "relative change undefined (baseline is 0)", direction))
+                results.append(
+                    _result(
+                        metric,
+                        kind,
+                        t,
+                        observed,
+                        base,
+                        delta,
+                        ok,
+                        "relative change undefined (baseline is 0)",
+                        direction,
+                    )
+                )
             else:
                 pct = delta / abs(base) * 100.0
                 worse_pct = -pct if direction == "higher" else pct
                 ok = _at_most(worse_pct, t)
-                what = f"drop {worse_pct:.3g}%" if worse_pct > 0 else f"gain {-worse_pct:.3g}%" if worse_pct < 0 else "no change"
-                results.append(_result(metric, kind, t, observed, base, delta, ok,
-                                       f"{what} {'<=' if ok else '>'} max_drop_pct {t:g}%" if worse_pct > 0 else what, direction))
+                what = (
+                    f"drop {worse_pct:.3g}%"
+                    if worse_pct > 0
+                    else f"gain {-worse_pct:.3g}%"
+                    if worse_pct < 0
+                    else "no change"
+                )
+                results.append(
+                    _result(
+                        metric,
+                        kind,
+                        t,
+                        observed,
+                        base,
+                        delta,
+                        ok,
+                        f"{what} {'<=' if ok else '>'} max_drop_pct {t:g}%" if worse_pct > 0 else what,
+                        direction,
+                    )
+                )
     return results
 
 
-def evaluate(rules: list[dict[str, Any]], candidate: dict[str, Any], baseline: dict[str, Any] | None,
-             candidate_source: str, first_run: str = "pass") -> list[dict[str, Any]]:
+def evaluate(
+    rules: list[dict[str, Any]],
+    candidate: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    candidate_source: str,
+    first_run: str = "pass",
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for rule in rules:
         results.extend(evaluate_rule(rule, candidate, baseline, candidate_source, first_run))

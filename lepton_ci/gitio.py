@@ -23,7 +23,8 @@ def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
     except FileNotFoundError:
         raise UserError("git is not installed (needed to read revisions)") from None
     if check and proc.returncode != 0:
-        raise UserError(f"git {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
+        raise UserError(f"git {' '.join(args)} failed: {last}")
     return proc
 
 
@@ -63,8 +64,13 @@ class BlobReader:
             raise UserError("git revisions must not contain line breaks")
         self.rev, self.cwd = rev, cwd
         try:
-            self._proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=cwd, stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self._proc = subprocess.Popen(
+                ["git", "cat-file", "--batch"],
+                cwd=cwd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         except FileNotFoundError:
             raise UserError("git is not installed (needed to read revisions)") from None
         try:
@@ -75,7 +81,7 @@ class BlobReader:
             self.close()
             raise
 
-    def __enter__(self) -> "BlobReader":
+    def __enter__(self) -> BlobReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -139,8 +145,9 @@ class BlobReader:
             raise self._failed()
         return body if kind == b"blob" else b"" if kind == b"commit" else None
 
-    def read(self, paths: list[Path], *, limit: int | None = METRICS_MAX_BYTES,
-             what: str = "metrics file") -> dict[Path, bytes | None]:
+    def read(
+        self, paths: list[Path], *, limit: int | None = METRICS_MAX_BYTES, what: str = "metrics file"
+    ) -> dict[Path, bytes | None]:
         """Contents of `paths` (absolute or relative to cwd) at the revision; None where it lacks one
         (or where the path is a directory). `REV:./PATH` makes git resolve PATH against cwd."""
         if any("\n" in str(p) for p in paths):
@@ -152,8 +159,9 @@ class BlobReader:
         return out
 
 
-def read_files_at(rev: str, paths: list[Path], cwd: Path, *, limit: int | None = METRICS_MAX_BYTES,
-                  what: str = "metrics file") -> dict[Path, bytes | None]:
+def read_files_at(
+    rev: str, paths: list[Path], cwd: Path, *, limit: int | None = METRICS_MAX_BYTES, what: str = "metrics file"
+) -> dict[Path, bytes | None]:
     """Contents of `paths` (absolute or relative to cwd) at `rev`; None where the revision lacks one.
 
     One `git cat-file --batch` process answers everything (each extra git process would cost a few

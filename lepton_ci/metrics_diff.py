@@ -68,7 +68,9 @@ def metrics_in_dvc_yaml(text: bytes, source: str) -> tuple[list[str], list[str]]
     for stage in stages.values() if isinstance(stages, dict) else []:
         if not isinstance(stage, dict):
             continue
-        wdir = stage.get("wdir") if isinstance(stage.get("wdir"), str) else "."
+        wdir = stage.get("wdir")
+        if not isinstance(wdir, str):
+            wdir = "."
         for entry in stage.get("metrics") or []:
             found.append(posixpath.join(wdir, _dvc_entry(entry, source)))
     notes = [f"{source}: skipped templated metrics path {p!r}" for p in found if "${" in p]
@@ -134,6 +136,7 @@ def read_side(rev: str, files: list[str] | None, base: Path, config_name: str = 
     `rev` itself declares. One git process per revision, whatever is read."""
     side = Side(rev)
     if rev == WORKSPACE:
+
         def read(name: str, limit: int, what: str) -> bytes | None:
             p = Path(name) if Path(name).is_absolute() else base / name
             if not p.is_file():
@@ -148,6 +151,7 @@ def read_side(rev: str, files: list[str] | None, base: Path, config_name: str = 
         side.contents = {f: read(f, METRICS_MAX_BYTES, "metrics file") for f in files}
         return side
     with BlobReader(rev, base) as reader:
+
         def read_at(name: str, limit: int, what: str) -> bytes | None:
             return reader.read([Path(name)], limit=limit, what=what)[Path(name)]
 
@@ -158,7 +162,9 @@ def read_side(rev: str, files: list[str] | None, base: Path, config_name: str = 
     return side
 
 
-def parse_side(side: Side, other: Side, parsed: dict[tuple[str, bytes], ParsedMetrics]) -> dict[str, dict[str, Number] | None]:
+def parse_side(
+    side: Side, other: Side, parsed: dict[tuple[str, bytes], ParsedMetrics]
+) -> dict[str, dict[str, Number] | None]:
     """Flat metrics per file; a missing, unlisted or unreadable file becomes None plus a note. `parsed`
     memoizes by (file, content) so the other side's identical files cost nothing (their notes repeat)."""
     out: dict[str, dict[str, Number] | None] = {}
@@ -166,7 +172,9 @@ def parse_side(side: Side, other: Side, parsed: dict[tuple[str, bytes], ParsedMe
     for f in list(side.contents) + [f for f in other.contents if f not in side.contents]:
         blob = side.contents.get(f)
         if f not in side.contents:
-            notes.append(f"{f}: not listed in {side.source} at {side.rev}" if side.source else f"{f}: not listed at {side.rev}")
+            notes.append(
+                f"{f}: not listed in {side.source} at {side.rev}" if side.source else f"{f}: not listed at {side.rev}"
+            )
             out[f] = None
             continue
         if blob is None:
@@ -189,7 +197,9 @@ def parse_side(side: Side, other: Side, parsed: dict[tuple[str, bytes], ParsedMe
     return out
 
 
-def diff_revisions(a: str, b: str, files: list[str] | None, base: Path, *, config_name: str = CONFIG_NAME) -> MetricsDiff:
+def diff_revisions(
+    a: str, b: str, files: list[str] | None, base: Path, *, config_name: str = CONFIG_NAME
+) -> MetricsDiff:
     """Compare the metrics files of revisions `a` and `b` (`workspace` for the files on disk).
 
     `files`: the same explicit list at both sides; None: each side's own list from `config_name` (else
@@ -199,8 +209,11 @@ def diff_revisions(a: str, b: str, files: list[str] | None, base: Path, *, confi
     sides: dict[str, Side] = {}
     parsed: dict[tuple[str, bytes], ParsedMetrics] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = {rev: pool.submit(read_side, rev, files, base, config_name) for rev in dict.fromkeys((a, b))
-                   if rev != WORKSPACE}
+        pending = {
+            rev: pool.submit(read_side, rev, files, base, config_name)
+            for rev in dict.fromkeys((a, b))
+            if rev != WORKSPACE
+        }
         if WORKSPACE in (a, b):
             sides[WORKSPACE] = read_side(WORKSPACE, files, base, config_name)
             _preparse(sides[WORKSPACE], parsed)  # while git works

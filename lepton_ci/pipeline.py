@@ -8,8 +8,9 @@ ends it with exit code 2 like any single step would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from lepton_ci.config import Config
 from lepton_ci.errors import StepFailed, UserError
@@ -25,8 +26,14 @@ class PipelineResult:
     outputs: dict[str, Any] = field(default_factory=dict)  # what the CI step exposes (version, verdict, ...)
 
 
-def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overrides: dict[str, Any] | None = None,
-                 allow_unblessed: bool = False, log: Callable[[str], None] = lambda s: None) -> PipelineResult:
+def run_pipeline(
+    config: Config,
+    *,
+    steps: list[str] | None = None,
+    param_overrides: dict[str, Any] | None = None,
+    allow_unblessed: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> PipelineResult:
     from lepton_ci.steps import deploy as deploy_step
     from lepton_ci.steps.gate import gate
     from lepton_ci.steps.report import report
@@ -57,7 +64,9 @@ def run_pipeline(config: Config, *, steps: list[str] | None = None, param_overri
                     log(f"  {'✔' if r['passed'] else '✘'} {r['metric']} {r['rule']}: {r['reason']}")
                 if not g.passed:
                     blocked = True
-                    result.failure = "gate failed: " + ", ".join(f"{r['metric']} {r['rule']}" for r in g.results if not r["passed"])
+                    result.failure = "gate failed: " + ", ".join(
+                        f"{r['metric']} {r['rule']}" for r in g.results if not r["passed"]
+                    )
                     result.steps[step] = "failed"
                     continue
             elif step == "tag":

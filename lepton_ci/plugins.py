@@ -8,7 +8,8 @@ protocol, so a broken plug-in fails with a clear message instead of an Attribute
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from lepton_ci.errors import UserError
 

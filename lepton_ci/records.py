@@ -26,8 +26,13 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 # The JSON type each field must have when read; a record that breaks it is refused with the field named
 # (an `exit` that is a list once ended as a Python traceback). Numbers exclude booleans.
-_JSON_TYPES: dict[str, tuple[type, ...]] = {"dict": (dict,), "list": (list,), "str": (str,), "int": (int,),
-                                            "float": (int, float)}
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "dict": (dict,),
+    "list": (list,),
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+}
 
 
 def _expected_types(annotation: str) -> tuple[tuple[type, ...], bool]:
@@ -37,8 +42,15 @@ def _expected_types(annotation: str) -> tuple[tuple[type, ...], bool]:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def metric_problem(key: Any, value: Any) -> str | None:
@@ -79,8 +91,9 @@ def validate_artifacts(artifacts: list[Any], source: str, what: str = "artifacts
             raise UserError(f"{what}[{i}] must be an object, got {_type_name(art)}", where=source)
         path, digest, size = art.get("path"), art.get("sha256"), art.get("size", 0)
         if not isinstance(path, str) or not safe_relative_path(path):
-            raise UserError(f"{what}[{i}].path {short_repr(path)} must be a relative path inside the model",
-                            where=source)
+            raise UserError(
+                f"{what}[{i}].path {short_repr(path)} must be a relative path inside the model", where=source
+            )
         if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
             raise UserError(f"{what}[{i}].sha256 must be 64 lower-case hex digits", where=source)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -132,10 +145,14 @@ class Record:
             if f.name in kwargs:
                 types, optional = _expected_types(str(f.type))
                 value = kwargs[f.name]
-                if (value is None and not optional) or (value is not None and (
-                        not isinstance(value, types) or (isinstance(value, bool) and bool not in types))):
-                    raise UserError(f"{cls.KIND} record field {f.name!r} must be {_expected_name(types)}, "
-                                    f"got {_type_name(value)}", where=source)
+                if (value is None and not optional) or (
+                    value is not None
+                    and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types))
+                ):
+                    raise UserError(
+                        f"{cls.KIND} record field {f.name!r} must be {_expected_name(types)}, got {_type_name(value)}",
+                        where=source,
+                    )
         extra = {k: v for k, v in data.items() if k not in known and k not in ("kind", "schema_version")}
         try:
             return cls(**kwargs, extra=extra)
@@ -161,7 +178,9 @@ def read_json(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> Any:
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > limit:
-                raise UserError(f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path))
+                raise UserError(
+                    f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path)
+                )
             raw = f.read(limit + 1)
     except FileNotFoundError:
         raise UserError(f"{what} not found (expected a JSON file)", where=str(path)) from None
@@ -218,7 +237,9 @@ class RunRecord(Record):
         validate_metrics(rec.metrics, source)
         validate_artifacts(rec.artifacts, source)
         if rec.artifacts_digest and rec.artifacts_digest != artifacts_digest(rec.artifacts):
-            raise UserError("artifacts_digest does not match the artifacts listed (the record was edited)", where=source)
+            raise UserError(
+                "artifacts_digest does not match the artifacts listed (the record was edited)", where=source
+            )
         return rec
 
 
@@ -307,8 +328,15 @@ class ModelVersion(Record):
     def manifest(self) -> dict[str, Any]:
         """The content the version digest covers: named fields under a form name of their own, so the
         digest stays the same when the record class gains a field or a schema version."""
-        return {"form": self.DIGEST_FORM, "name": self.name, "version": self.version, "artifacts": self.artifacts,
-                "artifacts_digest": self.artifacts_digest, "metadata": self.metadata, "created": self.created}
+        return {
+            "form": self.DIGEST_FORM,
+            "name": self.name,
+            "version": self.version,
+            "artifacts": self.artifacts,
+            "artifacts_digest": self.artifacts_digest,
+            "metadata": self.metadata,
+            "created": self.created,
+        }
 
     def legacy_manifest(self) -> dict[str, Any]:
         """What lepton-ci 0.1 hashed: the whole record but the digest, schema version included."""
@@ -377,8 +405,9 @@ class Deployment(Record):
         rec = super().from_dict(data, source=source)  # also: `previous` is an object or null
         for i, check in enumerate(rec.health):
             if not isinstance(check, dict):
-                raise UserError(f"deployment record field 'health'[{i}] must be an object, got {_type_name(check)}",
-                                where=source)
+                raise UserError(
+                    f"deployment record field 'health'[{i}] must be an object, got {_type_name(check)}", where=source
+                )
         return rec
 
     @property

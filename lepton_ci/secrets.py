@@ -18,7 +18,7 @@ This module is imported by the CLI entry point before any command runs, so it im
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 # Every variable below is read by lepton-ci itself, or is a CI-provided credential that would let user
 # code act as the pipeline. Keep it in sync with lepton_ci/forge/detect.py (GITHUB_TOKEN_VARS,

@@ -26,9 +26,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from lepton_ci.errors import TrustError, UserError
 from lepton_ci.fsutil import canonical_json, sha256_bytes
@@ -76,8 +77,9 @@ class PrivateKey:
     def pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
 
-        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
 
 def key_id_of_pem(public_pem: bytes) -> str:
@@ -103,8 +105,10 @@ def decode_private(text: str, source: str) -> PrivateKey:
         else:
             key = serialization.load_der_private_key(base64.b64decode(data, validate=True), password=None)
     except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm):
-        raise UserError(f"{source} is not an unencrypted PEM (or one-line base64 DER) private key; generate one with "
-                        "`lepton-ci keys generate` (keys from lepton-ci 0.1 were HMAC secrets and are not accepted)") from None
+        raise UserError(
+            f"{source} is not an unencrypted PEM (or one-line base64 DER) private key; generate one with "
+            "`lepton-ci keys generate` (keys from lepton-ci 0.1 were HMAC secrets and are not accepted)"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
         raise UserError(f"{source} must be an EC P-256/P-384/P-521 private key (the curves model-signing supports)")
     return PrivateKey(key, source)
@@ -120,8 +124,10 @@ def load_private_key() -> PrivateKey | None:
         try:
             text = Path(path).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{KEY_FILE_ENV}: cannot read the private key file {path}: "
-                            f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+            raise UserError(
+                f"{KEY_FILE_ENV}: cannot read the private key file {path}: "
+                f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+            ) from None
         return decode_private(text, f"{KEY_FILE_ENV} ({path})")
     return None
 
@@ -149,13 +155,19 @@ def parse_public_key(value: str, base_dir: Path, source: str) -> PublicKey:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{source}: cannot read public key file {value}: "
-                        f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        raise UserError(
+            f"{source}: cannot read public key file {value}: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+        ) from None
     return _decode_public(text, f"{source} ({value})")
 
 
-def trusted_keys(*, explicit: Iterable[str] = (), config_values: Iterable[str] = (), base_dir: Path | None = None,
-                 config_source: str = "signing.public_key") -> list[PublicKey]:
+def trusted_keys(
+    *,
+    explicit: Iterable[str] = (),
+    config_values: Iterable[str] = (),
+    base_dir: Path | None = None,
+    config_source: str = "signing.public_key",
+) -> list[PublicKey]:
     """Every key a blessing may be signed with, in precedence order: --public-key, LEPTON_CI_PUBLIC_KEY,
     signing.public_key in lepton.yml (several during a key rotation), and finally the public half of the
     private key when this job holds one. No key at all is an empty list: the caller refuses."""
@@ -194,8 +206,9 @@ def one_line_private(private: PrivateKey) -> str:
     """The base64 DER form of a private key, for CI secret stores that mangle line breaks."""
     from cryptography.hazmat.primitives import serialization
 
-    der = private.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+    der = private.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return base64.b64encode(der).decode()
 
 
@@ -232,10 +245,16 @@ def sign_model_dir(model_dir: Path, private: PrivateKey) -> dict[str, Any]:
         with os.fdopen(fd, "wb") as f:
             f.write(private.pem)
         try:
-            (oms_signing.Config().set_hashing_config(_hashing_config())
-             .use_elliptic_key_signer(private_key=key_path).sign(model_dir, sig_path))
+            (
+                oms_signing.Config()
+                .set_hashing_config(_hashing_config())
+                .use_elliptic_key_signer(private_key=key_path)
+                .sign(model_dir, sig_path)
+            )
         except Exception as exc:  # noqa: BLE001 - the library raises many kinds; signing failed either way
-            raise TrustError(f"model-signing could not sign {model_dir}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise TrustError(
+                f"model-signing could not sign {model_dir}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
         return json.loads(sig_path.read_text())
 
 
@@ -253,8 +272,12 @@ def verify_model_dir(model_dir: Path, bundle: Any, key: PublicKey) -> str | None
         sig_path.write_text(json.dumps(bundle))
         try:
             with contextlib.redirect_stdout(_Discard()):  # the library prints warnings on stdout
-                (verifying.Config().set_hashing_config(_hashing_config())
-                 .use_elliptic_key_verifier(public_key=pub_path).verify(model_dir, sig_path))
+                (
+                    verifying.Config()
+                    .set_hashing_config(_hashing_config())
+                    .use_elliptic_key_verifier(public_key=pub_path)
+                    .verify(model_dir, sig_path)
+                )
         except Exception as exc:  # noqa: BLE001 - any failure to verify is a refusal
             return f"the model-signing signature does not verify: {_first_line(exc)}"
     return None
@@ -313,7 +336,8 @@ def sign(record: GateRecord, private: PrivateKey | None, model_dir: Path | None 
     bundle = sign_model_dir(model_dir, private) if model_dir is not None else None
     digest = bundle_digest(bundle) if bundle is not None else None
     record.signature = {
-        "alg": ALG, "key_id": private.public.key_id,
+        "alg": ALG,
+        "key_id": private.public.key_id,
         "value": _signature_bytes(private, blessing_payload(record, digest)),
         "model_signature": {"format": OMS_FORMAT, "digest": digest, "bundle": bundle} if bundle is not None else None,
     }
@@ -331,13 +355,17 @@ def verify(record: GateRecord, keys: list[PublicKey]) -> tuple[bool, str]:
     if alg in (None, "none"):
         return False, "the gate record is unsigned"
     if alg == "hmac-sha256":
-        return False, ("the gate record carries an HMAC signature from lepton-ci 0.1, which any verifier could forge; "
-                       "run the gate again with an EC key (`lepton-ci keys generate`)")
+        return False, (
+            "the gate record carries an HMAC signature from lepton-ci 0.1, which any verifier could forge; "
+            "run the gate again with an EC key (`lepton-ci keys generate`)"
+        )
     if alg != ALG:
         return False, f"the gate record's signature algorithm {str(alg)[:40]!r} is not {ALG}"
     if not keys:
-        return False, (f"no public key to check the gate signature with (set signing.public_key in lepton.yml, "
-                       f"{PUBLIC_KEY_ENV} or --public-key)")
+        return False, (
+            f"no public key to check the gate signature with (set signing.public_key in lepton.yml, "
+            f"{PUBLIC_KEY_ENV} or --public-key)"
+        )
     kid = sig.get("key_id")
     key = next((k for k in keys if k.key_id == kid), None)
     if key is None:

@@ -20,8 +20,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lepton_ci.fsutil import atomic_write_json
 
@@ -114,7 +115,9 @@ def _check_params(params: Any, prefix: str = "") -> None:
     """Params are any JSON value except non-finite floats, with string keys; an empty dict is a mistake."""
     if isinstance(params, dict):
         if not params:
-            raise ValueError(f"param {prefix!r} is an empty dict" if prefix else "log_params got an empty dict: nothing to log")
+            raise ValueError(
+                f"param {prefix!r} is an empty dict" if prefix else "log_params got an empty dict: nothing to log"
+            )
         for key, value in params.items():
             _check_params(value, _name(prefix, key, "param"))
     elif isinstance(params, (list, tuple)):
@@ -123,8 +126,10 @@ def _check_params(params: Any, prefix: str = "") -> None:
     elif isinstance(params, float) and not math.isfinite(params):
         raise ValueError(f"param {prefix!r} is {params}; params must be finite")
     elif params is not None and not isinstance(params, (str, int, float, bool)):
-        raise ValueError(f"param {prefix!r} must be a JSON value (string, number, bool, null, list, dict); "
-                         f"got {type(params).__name__}")
+        raise ValueError(
+            f"param {prefix!r} must be a JSON value (string, number, bool, null, list, dict); "
+            f"got {type(params).__name__}"
+        )
 
 
 def log_params(params: dict[str, Any]) -> None:

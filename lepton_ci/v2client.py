@@ -37,8 +37,15 @@ def check(name: str, method: str, url: str, body: Any = None, expect: int = 200)
         detail = "" if ok else f"HTTP {status}: {payload if isinstance(payload, str) else json.dumps(payload)[:300]}"
     except (OSError, urllib.error.URLError) as exc:
         status, payload, ok, detail = None, None, False, f"{type(exc).__name__}: {exc}"
-    return {"check": name, "url": url, "status": status, "passed": ok, "detail": detail,
-            "ms": round((time.monotonic() - start) * 1000, 1), "response": payload if ok else None}
+    return {
+        "check": name,
+        "url": url,
+        "status": status,
+        "passed": ok,
+        "detail": detail,
+        "ms": round((time.monotonic() - start) * 1000, 1),
+        "response": payload if ok else None,
+    }
 
 
 def zeros_request(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -50,5 +57,7 @@ def zeros_request(metadata: dict[str, Any]) -> dict[str, Any]:
         for d in shape:
             count *= d
         value: Any = False if spec.get("datatype") == "BOOL" else ("" if spec.get("datatype") == "BYTES" else 0)
-        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec.get("datatype", "FP32"), "data": [value] * count})
+        inputs.append(
+            {"name": spec["name"], "shape": shape, "datatype": spec.get("datatype", "FP32"), "data": [value] * count}
+        )
     return {"id": "lepton-ci-smoke", "inputs": inputs}

@@ -35,7 +35,7 @@ and value instead.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from lepton_ci.errors import UserError
@@ -107,11 +107,16 @@ def check_graph(root: Any, source: str, *, max_nodes: int = MAX_NODES, max_depth
                 continue
             if cid in on_path:
                 line = child.start_mark.line + 1
-                raise YamlLimitError(f"recursive alias: the node anchored at line {line} contains an alias to itself",
-                                     where=source, line=line)
+                raise YamlLimitError(
+                    f"recursive alias: the node anchored at line {line} contains an alias to itself",
+                    where=source,
+                    line=line,
+                )
             if len(stack) >= max_depth:
                 line = child.start_mark.line + 1
-                raise YamlLimitError(f"nested more than {max_depth} levels deep (at line {line})", where=source, line=line)
+                raise YamlLimitError(
+                    f"nested more than {max_depth} levels deep (at line {line})", where=source, line=line
+                )
             on_path.add(cid)
             stack.append([child, children(child), 0, 1, 0])
             continue
@@ -123,7 +128,9 @@ def check_graph(root: Any, source: str, *, max_nodes: int = MAX_NODES, max_depth
             line = node.start_mark.line + 1
             raise YamlLimitError(
                 f"aliases expand to more than {max_nodes:,} nodes (the node at line {line}); refusing a YAML bomb",
-                where=source, line=line)
+                where=source,
+                line=line,
+            )
         sizes[id(node)] = size
         heights[id(node)] = height
         if stack:
@@ -141,14 +148,23 @@ _FLOAT_EXPONENT_NO_DOT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[
 _YAML12 = [
     ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
     ("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]),
-    ("tag:yaml.org,2002:int",
-     re.compile(r"^(?:[-+]?0b[01_]+|[-+]?0o[0-7_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?[0-9][0-9_]*)$"), list("-+0123456789")),
-    ("tag:yaml.org,2002:float",
-     re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    (
+        "tag:yaml.org,2002:int",
+        re.compile(r"^(?:[-+]?0b[01_]+|[-+]?0o[0-7_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?[0-9][0-9_]*)$"),
+        list("-+0123456789"),
+    ),
+    (
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
                     |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789.")),
+                    |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    ),
     ("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"]),
 ]
 
@@ -181,13 +197,19 @@ def _flatten_mapping(self: Any, node: Any) -> None:
             sources = value_node.value
         else:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"expected a mapping or list of mappings for merging, but found {value_node.id}", value_node.start_mark)
+                "while constructing a mapping",
+                node.start_mark,
+                f"expected a mapping or list of mappings for merging, but found {value_node.id}",
+                value_node.start_mark,
+            )
         for sub in sources:
             if not isinstance(sub, yaml.MappingNode):
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"expected a mapping for merging, but found {sub.id}", sub.start_mark)
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"expected a mapping for merging, but found {sub.id}",
+                    sub.start_mark,
+                )
             self.flatten_mapping(sub)
             for pair in sub.value:
                 key = _key_id(pair[0])
@@ -208,7 +230,7 @@ def _construct_int12(loader: Any, node: Any) -> int:
     return sign * int(text[2:] if base != 10 else text, base)
 
 
-@lru_cache(maxsize=None)
+@cache
 def loader_class(yaml12: bool) -> type:
     """The safe loader (C-accelerated when available) with the 1.2 resolver or the extended 1.1 one."""
     import yaml
@@ -269,8 +291,9 @@ def load(text: str | bytes, source: str, *, yaml12: bool = True) -> Any:
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             # `!!int abc`, `!!timestamp x`, a 5,000-digit integer: PyYAML's constructors fail with plain
             # Python errors, which are still the document's fault.
-            raise YamlError(f"bad value: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                            where=source, line=None) from None
+            raise YamlError(
+                f"bad value: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", where=source, line=None
+            ) from None
         except RecursionError:
             raise YamlLimitError("nested too deeply", where=source, line=None) from None
     finally:

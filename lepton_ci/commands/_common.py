@@ -12,15 +12,26 @@ import click
 from lepton_ci.config import Config, find_config, load_config
 
 
-def config_from(ctx: click.Context, required: bool = True) -> Config | None:
-    """The project config; None when not required and there is no lepton.yml here."""
-    obj = ctx.find_root().obj or {}
+def config_from(ctx: click.Context) -> Config:
+    """The project config, loaded once per invocation; a missing or invalid lepton.yml is an error."""
+    obj = _root_obj(ctx)
     if "config" not in obj:
-        path = find_config(obj.get("config_path"))
-        if not required and not path.exists() and not obj.get("config_path"):
-            return None
-        obj["config"] = load_config(path)
-    return obj["config"]
+        obj["config"] = load_config(find_config(obj.get("config_path")))
+    config: Config = obj["config"]
+    return config
+
+
+def config_or_none(ctx: click.Context) -> Config | None:
+    """The project config, or None when there is no lepton.yml here and no --config was given."""
+    obj = _root_obj(ctx)
+    if "config" not in obj and not obj.get("config_path") and not find_config(obj.get("config_path")).exists():
+        return None
+    return config_from(ctx)
+
+
+def _root_obj(ctx: click.Context) -> dict[str, Any]:
+    obj: dict[str, Any] = ctx.find_root().obj or {}
+    return obj
 
 
 def echo_json(data: Any) -> None:

@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from lepton_ci.commands._common import config_from, echo_json, status_line
 
+if TYPE_CHECKING:
+    from lepton_ci.records import Deployment
 
-def _print(d, as_json: bool) -> None:
+
+def _print(d: Deployment, as_json: bool) -> None:
     if as_json:
         echo_json(d.to_dict())
         return
     click.echo(f"{d.model} v{d.version} on {d.target}: {d.status} at {d.endpoint}")
     for h in d.health:
         ms = f" ({h['ms']} ms)" if h.get("ms") is not None else ""
-        click.echo("  " + status_line(bool(h.get("passed")), f"{h.get('check')}{ms}{': ' + h['detail'] if h.get('detail') else ''}"))
+        click.echo(
+            "  "
+            + status_line(bool(h.get("passed")), f"{h.get('check')}{ms}{': ' + h['detail'] if h.get('detail') else ''}")
+        )
 
 
 @click.group("deploy", invoke_without_command=True)
-@click.option("-v", "--version", "ref", metavar="REF", help="Version, alias or digest (default: the version `tag` just made).")
+@click.option(
+    "-v", "--version", "ref", metavar="REF", help="Version, alias or digest (default: the version `tag` just made)."
+)
 @click.option("--allow-unblessed", is_flag=True, help="Deploy even without a passing, signed gate record (recorded).")
-@click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
-              help="Public key file (or PEM text) the blessing must verify with; repeatable (default: "
-                   "LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml).")
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="PEM",
+    help="Public key file (or PEM text) the blessing must verify with; repeatable (default: "
+    "LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
-def deploy_group(ctx: click.Context, ref: str | None, allow_unblessed: bool, public_keys: tuple[str, ...],
-                 as_json: bool) -> None:
+def deploy_group(
+    ctx: click.Context, ref: str | None, allow_unblessed: bool, public_keys: tuple[str, ...], as_json: bool
+) -> None:
     """Deploy a blessed version to deploy.target, then move deploy.alias (production) to it."""
     ctx.obj["as_json"] = as_json
     ctx.obj["public_keys"] = public_keys
@@ -74,12 +90,16 @@ def stop_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 @deploy_group.command("rollback")
-@click.option("--allow-unblessed", is_flag=True, help="Allow going back to a version without a passing, signed gate record.")
+@click.option(
+    "--allow-unblessed", is_flag=True, help="Allow going back to a version without a passing, signed gate record."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
 def rollback_cmd(ctx: click.Context, allow_unblessed: bool, as_json: bool) -> None:
     """Deploy the previous version again and move the alias back to it."""
     from lepton_ci.steps.deploy import rollback
 
-    _print(rollback(config_from(ctx), allow_unblessed=allow_unblessed, public_keys=ctx.obj["public_keys"]),
-           as_json or ctx.obj["as_json"])
+    _print(
+        rollback(config_from(ctx), allow_unblessed=allow_unblessed, public_keys=ctx.obj["public_keys"]),
+        as_json or ctx.obj["as_json"],
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from lepton_ci.commands._common import config_from, echo_json, path_option, status_line
@@ -9,12 +11,18 @@ from lepton_ci.commands._common import config_from, echo_json, path_option, stat
 
 @click.command("gate")
 @path_option("--run", "run_path", help="Candidate run.json (default: train.output or .lepton/run.json).")
-@click.option("-b", "--baseline", metavar="SPEC",
-              help="Registry alias, git:REF, a run.json path, or 'none' (default: gate.baseline or production).")
+@click.option(
+    "-b",
+    "--baseline",
+    metavar="SPEC",
+    help="Registry alias, git:REF, a run.json path, or 'none' (default: gate.baseline or production).",
+)
 @path_option("-o", "--output", help="Where to write gate.json (default: gate.output or .lepton/gate.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the gate record as JSON.")
 @click.pass_context
-def gate_cmd(ctx: click.Context, run_path, baseline: str | None, output, as_json: bool) -> None:
+def gate_cmd(
+    ctx: click.Context, run_path: Path | None, baseline: str | None, output: Path | None, as_json: bool
+) -> None:
     """Check the candidate against the rules in lepton.yml. Exit 0 pass, 1 fail, 2 usage error."""
     from lepton_ci.errors import StepFailed
     from lepton_ci.forge.outputs import emit
@@ -27,15 +35,19 @@ def gate_cmd(ctx: click.Context, run_path, baseline: str | None, output, as_json
         echo_json(record.to_dict())
     else:
         base = record.baseline
-        desc = "none (first run)" if base.get("metrics") is None else f"{base.get('source')} {base.get('ref')}" + (
-            f" (v{base['version']})" if base.get("version") else "")
+        desc = (
+            "none (first run)"
+            if base.get("metrics") is None
+            else f"{base.get('source')} {base.get('ref')}" + (f" (v{base['version']})" if base.get("version") else "")
+        )
         click.echo(f"baseline: {desc}")
         for r in record.results:
             click.echo(status_line(r["passed"], f"{r['metric']} {r['rule']}: {r['reason']}"))
         if not record.results:
             click.echo("no gate rules configured (gate.rules in lepton.yml): passing")
         sig = record.signature.get("alg")
-        click.echo(f"verdict: {record.verdict} ({'signed' if sig == 'ecdsa-p256-sha256' else 'unsigned'}) -> {output or config.gate_path}")
+        signed = "signed" if sig == "ecdsa-p256-sha256" else "unsigned"
+        click.echo(f"verdict: {record.verdict} ({signed}) -> {output or config.gate_path}")
     if not record.passed:
         failed = [f"{r['metric']} {r['rule']}" for r in record.results if not r["passed"]]
         raise StepFailed(f"gate failed: {', '.join(failed)}")

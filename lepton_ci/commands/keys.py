@@ -13,8 +13,15 @@ def keys_group() -> None:
 
 
 @keys_group.command("generate")
-@click.option("-d", "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
-              show_default=True, help="Where to write NAME.key (private, mode 0600) and NAME.pub.")
+@click.option(
+    "-d",
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Where to write NAME.key (private, mode 0600) and NAME.pub.",
+)
 @click.option("-n", "--name", default="lepton-signing", show_default=True, help="File name stem.")
 @click.option("--force", is_flag=True, help="Replace existing files (old blessings then need the old public key).")
 def generate_cmd(directory: Path, name: str, force: bool) -> None:
@@ -30,8 +37,13 @@ def generate_cmd(directory: Path, name: str, force: bool) -> None:
 
 
 @keys_group.command("public")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the public key here instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the public key here instead of stdout.",
+)
 def public_cmd(output: Path | None) -> None:
     """Print the public half of LEPTON_CI_SIGNING_KEY (or LEPTON_CI_SIGNING_KEY_FILE)."""
     from lepton_ci import signing
@@ -67,6 +79,7 @@ def one_line_cmd(private_key: Path) -> None:
     try:
         pem = private_key.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the private key file: {getattr(exc, 'strerror', None) or 'not text'}",
-                        where=str(private_key)) from None
+        raise UserError(
+            f"cannot read the private key file: {getattr(exc, 'strerror', None) or 'not text'}", where=str(private_key)
+        ) from None
     click.echo(signing.one_line_private(signing.decode_private(pem, str(private_key))))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lepton_ci.commands._common import config_from, echo_json
+from lepton_ci.commands._common import config_or_none, echo_json
 
 
 @click.group("metrics")
@@ -17,22 +17,41 @@ def metrics_group() -> None:
 @metrics_group.command("diff")
 @click.argument("a", required=False, default="HEAD")
 @click.argument("b", required=False, default="workspace")
-@click.option("-t", "--targets", multiple=True, metavar="PATH", help="Metrics files to compare (default: train.metrics of lepton.yml, else the metrics of dvc.yaml, at each revision).")
+@click.option(
+    "-t",
+    "--targets",
+    multiple=True,
+    metavar="PATH",
+    help="Metrics files to compare (default: train.metrics of lepton.yml, else the metrics of dvc.yaml, "
+    "at each revision).",
+)
 @click.option("--md", "markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--precision", type=click.IntRange(0, 12), default=None,
-              help="Digits after the point [default: 5 in tables; --json gives full precision unless set].")
+@click.option(
+    "--precision",
+    type=click.IntRange(0, 12),
+    default=None,
+    help="Digits after the point [default: 5 in tables; --json gives full precision unless set].",
+)
 @click.option("--all", "show_all", is_flag=True, help="Show unchanged metrics too.")
 @click.pass_context
-def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markdown: bool, as_json: bool,
-             precision: int | None, show_all: bool) -> None:
+def diff_cmd(
+    ctx: click.Context,
+    a: str,
+    b: str,
+    targets: tuple[str, ...],
+    markdown: bool,
+    as_json: bool,
+    precision: int | None,
+    show_all: bool,
+) -> None:
     """Compare metrics between revisions A (default HEAD) and B (default: the workspace).
 
     A and B are git revisions or the word `workspace`.
     """
     from lepton_ci.errors import UserError
-    from lepton_ci.metrics_diff import diff_revisions
     from lepton_ci.metrics import format_markdown, format_table
+    from lepton_ci.metrics_diff import diff_revisions
 
     if markdown and as_json:
         raise UserError("--md and --json exclude each other; pick one")
@@ -45,7 +64,7 @@ def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markd
         # Each side reads its own list (lepton.yml, else dvc.yaml, at that revision); the workspace
         # config is still loaded (and validated) here so a broken lepton.yml is an error, not a note.
         files = None
-        config = config_from(ctx, required=False)
+        config = config_or_none(ctx)
         if config is not None:
             if not config.section("train").get("metrics"):
                 raise UserError("lepton.yml lists no train.metrics; pass --targets PATH", where=config.where("train"))
@@ -53,8 +72,10 @@ def diff_cmd(ctx: click.Context, a: str, b: str, targets: tuple[str, ...], markd
         else:
             base, config_name = Path.cwd(), DEFAULT_NAME
             if not (base / "dvc.yaml").is_file():
-                raise UserError("no metrics files: pass --targets PATH, or run where lepton.yml lists "
-                                "train.metrics or dvc.yaml lists metrics")
+                raise UserError(
+                    "no metrics files: pass --targets PATH, or run where lepton.yml lists "
+                    "train.metrics or dvc.yaml lists metrics"
+                )
     result = diff_revisions(a, b, files, base, config_name=config_name)
     if as_json:
         echo_json(result.to_json(show_all, precision))

@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from lepton_ci.commands._common import config_from, echo_json
+from lepton_ci.commands._common import config_or_none, echo_json
+
+if TYPE_CHECKING:
+    from lepton_ci.registry.base import Registry, Verifier
 
 
-def _registry(ctx: click.Context):
+def _registry(ctx: click.Context) -> Registry:
     from lepton_ci.config import DEFAULT_REGISTRY
     from lepton_ci.registry import open_registry
 
     url = ctx.obj.get("registry_url")
-    config = config_from(ctx, required=False)
+    config = config_or_none(ctx)
     base = config.root if config else Path.cwd()
     url = url or (config.registry_url if config else os.environ.get("LEPTON_CI_REGISTRY") or DEFAULT_REGISTRY)
     return open_registry(url, base)
@@ -28,14 +32,20 @@ def _model(ctx: click.Context) -> str:
     name = ctx.obj.get("model")
     if name:
         return name
-    config = config_from(ctx, required=False)
+    config = config_or_none(ctx)
     if config is None:
         raise UserError("no model given: pass --model NAME or run where lepton.yml names the model")
     return config.model_name
 
 
 @click.group("registry")
-@click.option("-r", "--registry", "registry_url", metavar="URL", help="Registry URL (default: from lepton.yml, else file://.lepton/registry).")
+@click.option(
+    "-r",
+    "--registry",
+    "registry_url",
+    metavar="URL",
+    help="Registry URL (default: from lepton.yml, else file://.lepton/registry).",
+)
 @click.option("-m", "--model", metavar="NAME", help="Model name (default: model.name in lepton.yml).")
 @click.pass_context
 def registry_group(ctx: click.Context, registry_url: str | None, model: str | None) -> None:
@@ -56,9 +66,17 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     for n in names:
         aliases = reg.aliases(n)
         for mv in reg.versions(n):
-            rows.append({"model": n, "version": mv.version, "digest": mv.digest, "created": mv.created,
-                         "aliases": sorted(a for a, v in aliases.items() if v == mv.version),
-                         "gate": (mv.gate or {}).get("verdict", "none"), "metrics": mv.metrics})
+            rows.append(
+                {
+                    "model": n,
+                    "version": mv.version,
+                    "digest": mv.digest,
+                    "created": mv.created,
+                    "aliases": sorted(a for a, v in aliases.items() if v == mv.version),
+                    "gate": (mv.gate or {}).get("verdict", "none"),
+                    "metrics": mv.metrics,
+                }
+            )
     if as_json:
         echo_json(rows)
         return
@@ -132,13 +150,13 @@ def rollback_cmd(ctx: click.Context, alias: str, reason: str) -> None:
     click.echo(f"{name}: {alias} rolled back v{e.from_} -> v{e.to}")
 
 
-def _signature_verifier(ctx: click.Context, public_keys: tuple[str, ...]):
+def _signature_verifier(ctx: click.Context, public_keys: tuple[str, ...]) -> Verifier | None:
     """A check hook that verifies each version's gate signature with the trusted public keys, or None
     when no key is configured (then only digests are checked, and the output says so)."""
     from lepton_ci import signing
     from lepton_ci.records import GateRecord, ModelVersion, artifacts_digest
 
-    config = config_from(ctx, required=False)
+    config = config_or_none(ctx)
     if config is not None:
         from lepton_ci.steps.deploy import trusted_keys
 
@@ -166,9 +184,14 @@ def _signature_verifier(ctx: click.Context, public_keys: tuple[str, ...]):
 
 
 @registry_group.command("check")
-@click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
-              help="Also verify each version's gate signature with this public key (file or PEM); repeatable. "
-                   "Default: LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml.")
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="PEM",
+    help="Also verify each version's gate signature with this public key (file or PEM); repeatable. "
+    "Default: LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def check_cmd(ctx: click.Context, public_keys: tuple[str, ...], as_json: bool) -> None:
@@ -205,8 +228,15 @@ def _parse_age(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @registry_group.command("gc")
 @click.option("--apply", "--yes", "apply", is_flag=True, help="Delete them (default: only list what would be deleted).")
-@click.option("--min-age", "min_age", default="1h", show_default=True, callback=_parse_age, metavar="AGE",
-              help="Keep anything younger than AGE (0, 90, 30m, 1h, 2d): a running tag may own it.")
+@click.option(
+    "--min-age",
+    "min_age",
+    default="1h",
+    show_default=True,
+    callback=_parse_age,
+    metavar="AGE",
+    help="Keep anything younger than AGE (0, 90, 30m, 1h, 2d): a running tag may own it.",
+)
 @click.option("--now", is_flag=True, help="Same as --min-age 0; only when no tag can be running.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -217,8 +247,12 @@ def gc_cmd(ctx: click.Context, apply: bool, min_age: float, now: bool, as_json: 
     reg = _registry(ctx)
     items = reg.gc(apply=apply, min_age_s=0.0 if now else min_age)
     if as_json:
-        echo_json([{"kind": i.kind, "where": i.where, "size": i.size, "age_s": round(i.age_s, 1), "action": i.action}
-                   for i in items])
+        echo_json(
+            [
+                {"kind": i.kind, "where": i.where, "size": i.size, "age_s": round(i.age_s, 1), "action": i.action}
+                for i in items
+            ]
+        )
         return
     for i in items:
         click.echo(f"{i.action}: {i.kind} {i.where}  {human_size(i.size)}  {human_age(i.age_s)} old")

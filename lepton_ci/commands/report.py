@@ -13,15 +13,38 @@ from lepton_ci.commands._common import config_from, path_option
 @path_option("--run", "run_path", help="run.json (default: train.output).")
 @path_option("--gate", "gate_path", help="gate.json (default: gate.output).")
 @path_option("--deployment", "deployment_path", help="deployment.json (default: deploy.output).")
-@click.option("-o", "--output", metavar="FILE", default="-", show_default=True, help="Write the markdown here ('-' is stdout).")
+@click.option(
+    "-o", "--output", metavar="FILE", default="-", show_default=True, help="Write the markdown here ('-' is stdout)."
+)
 @click.option("--post", is_flag=True, help="Post or update the sticky PR/MR comment on the detected forge.")
-@click.option("--summary/--no-summary", default=True, show_default=True, help="Append to the GitHub job summary when there is one.")
-@click.option("--status/--no-status", "commit_status", default=True, show_default=True,
-              help="With --post, set a commit status with the gate verdict.")
-@click.option("--workflow", metavar="NAME", help="Sticky comment key with the model (default: the CI workflow or job name).")
+@click.option(
+    "--summary/--no-summary",
+    default=True,
+    show_default=True,
+    help="Append to the GitHub job summary when there is one.",
+)
+@click.option(
+    "--status/--no-status",
+    "commit_status",
+    default=True,
+    show_default=True,
+    help="With --post, set a commit status with the gate verdict.",
+)
+@click.option(
+    "--workflow", metavar="NAME", help="Sticky comment key with the model (default: the CI workflow or job name)."
+)
 @click.pass_context
-def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output: str, post: bool, summary: bool,
-               commit_status: bool, workflow: str | None) -> None:
+def report_cmd(
+    ctx: click.Context,
+    run_path: Path | None,
+    gate_path: Path | None,
+    deployment_path: Path | None,
+    output: str,
+    post: bool,
+    summary: bool,
+    commit_status: bool,
+    workflow: str | None,
+) -> None:
     """Render the pull-request report: metric diff, gate verdict, version, deployment.
 
     With --post, the report becomes one sticky comment per (model, workflow), found on every page of
@@ -53,17 +76,30 @@ def report_cmd(ctx: click.Context, run_path, gate_path, deployment_path, output:
     gate = GateRecord.read(gate_file) if gate_file.is_file() else None
     if workflow:
         forge.workflow = workflow
-    rule_lines = {r["metric"]: int(config.where("gate", "rules", i).rsplit(":", 1)[1])
-                  for i, r in enumerate(config.section("gate").get("rules") or [])}
+    rule_lines = {
+        r["metric"]: int(config.where("gate", "rules", i).rsplit(":", 1)[1])
+        for i, r in enumerate(config.section("gate").get("rules") or [])
+    }
     config_rel = _relative_to_workspace(config.path)
     # workflow commands on stderr: the runner reads them there, and stdout is the report (`> report.md`)
-    result = publish(text, forge, model=config.model_name, gate=gate, post=post, summary=summary,
-                     status=post and commit_status, emit=lambda line: click.echo(line, err=True),
-                     annotation_lines=gate_annotations(gate, config_rel, rule_lines))
+    result = publish(
+        text,
+        forge,
+        model=config.model_name,
+        gate=gate,
+        post=post,
+        summary=summary,
+        status=post and commit_status,
+        emit=lambda line: click.echo(line, err=True),
+        annotation_lines=gate_annotations(gate, config_rel, rule_lines),
+    )
     for notice in result.notices:
         click.echo(f"lepton-ci: notice: {notice}", err=True)
     if result.comment:
-        click.echo(f"lepton-ci: comment {result.comment['action']}: {result.comment.get('url') or result.comment['id']}", err=True)
+        click.echo(
+            f"lepton-ci: comment {result.comment['action']}: {result.comment.get('url') or result.comment['id']}",
+            err=True,
+        )
 
 
 def _relative_to_workspace(path: Path) -> str:

@@ -8,8 +8,12 @@ from lepton_ci.commands._common import config_from
 
 
 @click.command("run")
-@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a train.params value (repeatable).")
-@click.option("-s", "--steps", metavar="LIST", help="Comma-separated steps to run (default: steps in lepton.yml, else all).")
+@click.option(
+    "-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a train.params value (repeatable)."
+)
+@click.option(
+    "-s", "--steps", metavar="LIST", help="Comma-separated steps to run (default: steps in lepton.yml, else all)."
+)
 @click.option("--allow-unblessed", is_flag=True, help="Let deploy proceed without a signed passing gate record.")
 @click.pass_context
 def run_cmd(ctx: click.Context, params: tuple[str, ...], steps: str | None, allow_unblessed: bool) -> None:
@@ -20,12 +24,22 @@ def run_cmd(ctx: click.Context, params: tuple[str, ...], steps: str | None, allo
 
     config = config_from(ctx)
     wanted = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
-    result = run_pipeline(config, steps=wanted, param_overrides=parse_param_overrides(list(params)),
-                          allow_unblessed=allow_unblessed, log=lambda s: click.echo(s, err=True))
+    result = run_pipeline(
+        config,
+        steps=wanted,
+        param_overrides=parse_param_overrides(list(params)),
+        allow_unblessed=allow_unblessed,
+        log=lambda s: click.echo(s, err=True),
+    )
     from lepton_ci.forge.outputs import emit
 
-    emit({**result.outputs, "steps": ",".join(f"{k}:{v}" for k, v in result.steps.items()),
-          "report-path": str(config.report_path)})
+    emit(
+        {
+            **result.outputs,
+            "steps": ",".join(f"{k}:{v}" for k, v in result.steps.items()),
+            "report-path": str(config.report_path),
+        }
+    )
     if result.report:
         click.echo(result.report, nl=False)
     if result.failure:

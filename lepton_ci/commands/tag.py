@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from lepton_ci.commands._common import config_from, echo_json, path_option
@@ -10,17 +12,33 @@ from lepton_ci.commands._common import config_from, echo_json, path_option
 @click.command("tag")
 @path_option("--run", "run_path", help="run.json of the run to register.")
 @path_option("--gate", "gate_path", help="gate.json that blessed it.")
-@click.option("-a", "--alias", "aliases", multiple=True, metavar="NAME", help="Alias to point at the new version (default: tag.aliases or candidate).")
+@click.option(
+    "-a",
+    "--alias",
+    "aliases",
+    multiple=True,
+    metavar="NAME",
+    help="Alias to point at the new version (default: tag.aliases or candidate).",
+)
 @click.option("--reason", default="", help="Recorded in the alias history.")
 @click.option("--json", "as_json", is_flag=True, help="Print the version record as JSON.")
 @click.pass_context
-def tag_cmd(ctx: click.Context, run_path, gate_path, aliases: tuple[str, ...], reason: str, as_json: bool) -> None:
+def tag_cmd(
+    ctx: click.Context,
+    run_path: Path | None,
+    gate_path: Path | None,
+    aliases: tuple[str, ...],
+    reason: str,
+    as_json: bool,
+) -> None:
     """Register the run's artifacts as the next immutable version of the model."""
     from lepton_ci.forge.outputs import emit
     from lepton_ci.steps.tag import tag
 
     config = config_from(ctx)
-    result = tag(config, run_path=run_path, gate_path=gate_path, aliases=list(aliases) if aliases else None, reason=reason)
+    result = tag(
+        config, run_path=run_path, gate_path=gate_path, aliases=list(aliases) if aliases else None, reason=reason
+    )
     mv = result.version
     emit({"version": mv.version, "digest": mv.digest, "model": mv.name})
     if as_json:

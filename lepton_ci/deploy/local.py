@@ -8,6 +8,7 @@ fails, the old version is started again on that port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,7 +38,10 @@ def _start_ticks(pid: int) -> str | None:
 
 def process_alive(proc: dict[str, Any]) -> bool:
     pid = proc.get("pid")
-    return bool(pid) and _start_ticks(pid) is not None and _start_ticks(pid) == proc.get("start_ticks")
+    if not pid:
+        return False
+    ticks = _start_ticks(pid)
+    return ticks is not None and ticks == proc.get("start_ticks")
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:
@@ -58,16 +62,49 @@ class LocalTarget:
         log = run_dir / "server.log"
         host = spec.options.get("host", "127.0.0.1")
         if spec.model_dir is None:
-            raise DeployFailed("the local target serves a model directory; none was given", Deployment(target=self.name))
-        cmd = [sys.executable, "-m", "lepton_ci.serve", "--model-dir", str(spec.model_dir), "--model-file", spec.model_file,
-               "--framework", spec.framework, "--name", spec.version.name, "--version", str(spec.version.version),
-               "--host", host, "--port", str(port), "--port-file", str(port_file)]
+            raise DeployFailed(
+                "the local target serves a model directory; none was given", Deployment(target=self.name)
+            )
+        cmd = [
+            sys.executable,
+            "-m",
+            "lepton_ci.serve",
+            "--model-dir",
+            str(spec.model_dir),
+            "--model-file",
+            spec.model_file,
+            "--framework",
+            spec.framework,
+            "--name",
+            spec.version.name,
+            "--version",
+            str(spec.version.version),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+        ]
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:  # the server runs with no signing key or forge token in its environment
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, close_fds=True, env=scrubbed_environ())
-        info = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "command": cmd, "log": str(log),
-                "port_file": str(port_file), "host": host}
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                env=scrubbed_environ(),
+            )
+        info = {
+            "pid": proc.pid,
+            "start_ticks": _start_ticks(proc.pid),
+            "command": cmd,
+            "log": str(log),
+            "port_file": str(port_file),
+            "host": host,
+        }
         return proc, info
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], info: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
@@ -75,8 +112,13 @@ class LocalTarget:
         port_file = Path(info["port_file"])
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                return [{"check": "start", "passed": False,
-                         "detail": f"server exited with code {proc.returncode}: {_log_tail(Path(info['log']))}"}]
+                return [
+                    {
+                        "check": "start",
+                        "passed": False,
+                        "detail": f"server exited with code {proc.returncode}: {_log_tail(Path(info['log']))}",
+                    }
+                ]
             if port_file.is_file() and port_file.read_text().strip().isdigit():
                 info["port"] = int(port_file.read_text().strip())
                 base = f"http://{info['host']}:{info['port']}"
@@ -84,7 +126,13 @@ class LocalTarget:
                 if ready["passed"]:
                     return [v2client.check("live", "GET", f"{base}/v2/health/live"), ready]
             time.sleep(0.05)
-        return [{"check": "ready", "passed": False, "detail": f"not ready within {timeout:g}s: {_log_tail(Path(info['log']))}"}]
+        return [
+            {
+                "check": "ready",
+                "passed": False,
+                "detail": f"not ready within {timeout:g}s: {_log_tail(Path(info['log']))}",
+            }
+        ]
 
     def _checks(self, spec: DeploySpec, info: dict[str, Any]) -> list[dict[str, Any]]:
         base = f"http://{info['host']}:{info['port']}/v2/models/{spec.version.name}"
@@ -112,10 +160,8 @@ class LocalTarget:
             _reap(pid)
             time.sleep(0.05)
         if process_alive(proc):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             _reap(pid)
 
     def _try_start(self, spec: DeploySpec, port: int) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
@@ -135,18 +181,33 @@ class LocalTarget:
         port = int(spec.options.get("port", 0))
         running = current if current and current.status == "healthy" and process_alive(current.state) else None
         fixed_port_clash = running is not None and port != 0 and running.state.get("port") == port
-        if fixed_port_clash:
+        if fixed_port_clash and running is not None:
             self._stop_process(running.state)
         info, health, ok = self._try_start(spec, port)
-        record = Deployment(target=self.name, model=spec.version.name, version=spec.version.version,
-                            digest=spec.version.digest, endpoint=f"http://{info['host']}:{info.get('port', port)}",
-                            status="healthy" if ok else "failed", health=health, state=info, created=utcnow(),
-                            previous=_summary(current))
+        record = Deployment(
+            target=self.name,
+            model=spec.version.name,
+            version=spec.version.version,
+            digest=spec.version.digest,
+            endpoint=f"http://{info['host']}:{info.get('port', port)}",
+            status="healthy" if ok else "failed",
+            health=health,
+            state=info,
+            created=utcnow(),
+            previous=_summary(current),
+        )
         if not ok:
             reason = next(h for h in health if not h["passed"])
-            message = f"deploy of {spec.version.name} v{spec.version.version} failed at {reason['check']}: {reason.get('detail')}"
+            message = (
+                f"deploy of {spec.version.name} v{spec.version.version} failed at {reason['check']}: "
+                f"{reason.get('detail')}"
+            )
             if fixed_port_clash and running is not None:
-                message += "; the previous version was restarted" if self._restart(running) else "; the previous version could NOT be restarted"
+                message += (
+                    "; the previous version was restarted"
+                    if self._restart(running)
+                    else "; the previous version could NOT be restarted"
+                )
             elif running is not None:
                 message += f"; v{running.version} keeps serving at {running.endpoint}"
             raise DeployFailed(message, record)
@@ -161,8 +222,14 @@ class LocalTarget:
         port_file = Path(old.state["port_file"])
         port_file.unlink(missing_ok=True)
         with open(old.state["log"], "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env=scrubbed_environ())
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=scrubbed_environ(),
+            )
         old.state.update(pid=proc.pid, start_ticks=_start_ticks(proc.pid))
         return all(h["passed"] for h in self._wait_ready(proc, old.state, 60))
 
@@ -171,11 +238,15 @@ class LocalTarget:
             return deployment
         if not process_alive(deployment.state):
             deployment.status = "down"
-            deployment.health = [{"check": "process", "passed": False, "detail": f"process {deployment.state.get('pid')} is not running"}]
+            deployment.health = [
+                {"check": "process", "passed": False, "detail": f"process {deployment.state.get('pid')} is not running"}
+            ]
             return deployment
         base = deployment.endpoint
-        deployment.health = [v2client.check("live", "GET", f"{base}/v2/health/live"),
-                             v2client.check("ready", "GET", f"{base}/v2/models/{deployment.model}/ready")]
+        deployment.health = [
+            v2client.check("live", "GET", f"{base}/v2/health/live"),
+            v2client.check("ready", "GET", f"{base}/v2/models/{deployment.model}/ready"),
+        ]
         for h in deployment.health:
             h.pop("response", None)
         deployment.status = "healthy" if all(h["passed"] for h in deployment.health) else "unhealthy"
@@ -190,14 +261,11 @@ class LocalTarget:
 
 def _reap(pid: int) -> None:
     """Collect our own child if it has exited, so it does not linger as a zombie that looks alive."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _summary(d: Deployment | None) -> dict[str, Any] | None:
     if d is None:
         return None
     return {"version": d.version, "digest": d.digest, "endpoint": d.endpoint, "status": d.status, "created": d.created}
-

@@ -9,7 +9,8 @@ gitlab.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from lepton_ci.forge.http import HttpClient
@@ -62,5 +63,6 @@ class ForgeAPI(Protocol):
 class ForgeAPIFactory(Protocol):
     """The constructor every ForgeAPI class has: what `FORGES` entries are called with."""
 
-    def __call__(self, api_url: str, repository: str, token: str, *, token_source: str | None = None,
-                 **http_options: Any) -> ForgeAPI: ...
+    def __call__(
+        self, api_url: str, repository: str, token: str, *, token_source: str | None = None, **http_options: Any
+    ) -> ForgeAPI: ...

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 GITHUB_TOKEN_VARS = ("LEPTON_CI_GITHUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
 GITLAB_TOKEN_VARS = ("LEPTON_CI_GITLAB_TOKEN", "GITLAB_TOKEN")
@@ -54,10 +54,16 @@ def _github(env: Mapping[str, str]) -> ForgeContext:
     token, source = _first(env, GITHUB_TOKEN_VARS)
     server = env.get("GITHUB_SERVER_URL", "https://github.com")
     ctx = ForgeContext(
-        kind="github", api_url=env.get("GITHUB_API_URL") or _default_github_api(server), server_url=server,
+        kind="github",
+        api_url=env.get("GITHUB_API_URL") or _default_github_api(server),
+        server_url=server,
         api_url_source="GITHUB_API_URL" if env.get("GITHUB_API_URL") else "GITHUB_SERVER_URL",
-        repository=env.get("GITHUB_REPOSITORY"), head_sha=env.get("GITHUB_SHA"), token=token, token_source=source,
-        workflow=env.get("GITHUB_WORKFLOW"), event=env.get("GITHUB_EVENT_NAME"),
+        repository=env.get("GITHUB_REPOSITORY"),
+        head_sha=env.get("GITHUB_SHA"),
+        token=token,
+        token_source=source,
+        workflow=env.get("GITHUB_WORKFLOW"),
+        event=env.get("GITHUB_EVENT_NAME"),
         summary_path=Path(env["GITHUB_STEP_SUMMARY"]) if env.get("GITHUB_STEP_SUMMARY") else None,
         output_path=Path(env["GITHUB_OUTPUT"]) if env.get("GITHUB_OUTPUT") else None,
     )
@@ -91,11 +97,15 @@ def _github(env: Mapping[str, str]) -> ForgeContext:
     # holds the token, it can only be that read-only one. (A deleted fork has head.repo null.)
     from_fork = bool(pr) and base_repo is not None and (head_repo or "") != base_repo
     if not token:
-        ctx.read_only_reason = (f"no token: set one of {', '.join(GITHUB_TOKEN_VARS)} "
-                                "(e.g. env: GITHUB_TOKEN: ${{ github.token }}) and grant `permissions: pull-requests: write`")
+        ctx.read_only_reason = (
+            f"no token: set one of {', '.join(GITHUB_TOKEN_VARS)} "
+            "(e.g. env: GITHUB_TOKEN: ${{ github.token }}) and grant `permissions: pull-requests: write`"
+        )
     elif ctx.event == "pull_request" and from_fork:
-        ctx.read_only_reason = (f"pull request from the fork {head_repo or '(deleted)'}: GitHub gives such runs a read-only "
-                                "token, so the report goes to the job summary only")
+        ctx.read_only_reason = (
+            f"pull request from the fork {head_repo or '(deleted)'}: GitHub gives such runs a read-only "
+            "token, so the report goes to the job summary only"
+        )
     else:
         ctx.can_write = True
     return ctx
@@ -110,24 +120,35 @@ def _gitlab(env: Mapping[str, str]) -> ForgeContext:
     server = env.get("CI_SERVER_URL", "https://gitlab.com")
     iid = env.get("CI_MERGE_REQUEST_IID")
     ctx = ForgeContext(
-        kind="gitlab", api_url=env.get("CI_API_V4_URL") or server.rstrip("/") + "/api/v4", server_url=server,
+        kind="gitlab",
+        api_url=env.get("CI_API_V4_URL") or server.rstrip("/") + "/api/v4",
+        server_url=server,
         api_url_source="CI_API_V4_URL" if env.get("CI_API_V4_URL") else "CI_SERVER_URL",
         # a merge request from a fork lives in the target project: CI_MERGE_REQUEST_PROJECT_ID names it
-        repository=env.get("CI_MERGE_REQUEST_PROJECT_ID") or env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH"), pr_number=int(iid) if iid and iid.isdigit() else None,
-        head_sha=env.get("CI_COMMIT_SHA"), base_sha=env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA"), token=token,
-        token_source=source, workflow=env.get("CI_JOB_NAME"), run_url=env.get("CI_PIPELINE_URL"),
+        repository=env.get("CI_MERGE_REQUEST_PROJECT_ID") or env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH"),
+        pr_number=int(iid) if iid and iid.isdigit() else None,
+        head_sha=env.get("CI_COMMIT_SHA"),
+        base_sha=env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA"),
+        token=token,
+        token_source=source,
+        workflow=env.get("CI_JOB_NAME"),
+        run_url=env.get("CI_PIPELINE_URL"),
         event=env.get("CI_PIPELINE_SOURCE"),
         project_url=env.get("CI_MERGE_REQUEST_PROJECT_URL") or env.get("CI_PROJECT_URL"),
     )
     if token:
         ctx.can_write = True
     elif env.get("CI_JOB_TOKEN"):
-        ctx.read_only_reason = ("only CI_JOB_TOKEN is available, and GitLab does not let job tokens post merge request "
-                                "notes: create a project or group access token with the `api` scope and store it as "
-                                "the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN")
+        ctx.read_only_reason = (
+            "only CI_JOB_TOKEN is available, and GitLab does not let job tokens post merge request "
+            "notes: create a project or group access token with the `api` scope and store it as "
+            "the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN"
+        )
     else:
-        ctx.read_only_reason = ("no token: set LEPTON_CI_GITLAB_TOKEN to a project access token with the `api` scope "
-                                "(CI_JOB_TOKEN cannot post merge request notes)")
+        ctx.read_only_reason = (
+            "no token: set LEPTON_CI_GITLAB_TOKEN to a project access token with the `api` scope "
+            "(CI_JOB_TOKEN cannot post merge request notes)"
+        )
     return ctx
 
 

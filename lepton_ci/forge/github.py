@@ -6,7 +6,8 @@ request that does not exist (or that the token cannot see).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lepton_ci.forge.http import AmbiguousWrite, ForgeError, HttpClient
 
@@ -19,14 +20,21 @@ class GitHubAPI:
     kind = "github"
     body_limit = BODY_LIMIT
 
-    def __init__(self, api_url: str, repository: str, token: str, *, token_source: str | None = None,
-                 **http_options: Any) -> None:
+    def __init__(
+        self, api_url: str, repository: str, token: str, *, token_source: str | None = None, **http_options: Any
+    ) -> None:
         self.repo = repository
         self.token_source = token_source or "the token"
-        self._http = HttpClient(api_url, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION, "User-Agent": "lepton-ci",
-        }, **http_options)
+        self._http = HttpClient(
+            api_url,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "lepton-ci",
+            },
+            **http_options,
+        )
 
     @property
     def http(self) -> HttpClient:
@@ -43,11 +51,15 @@ class GitHubAPI:
             if status == 401:
                 hint = f"GitHub rejected {self.token_source} (401 Bad credentials): it is wrong, expired or revoked"
             elif status == 403:
-                hint = (f"{self.token_source} lacks the permission in {self.repo}: the workflow needs `permissions: "
-                        f"{permission}` (a pull request from a fork only gets a read-only token)")
+                hint = (
+                    f"{self.token_source} lacks the permission in {self.repo}: the workflow needs `permissions: "
+                    f"{permission}` (a pull request from a fork only gets a read-only token)"
+                )
             elif status == 404 and number is not None:
-                hint = (f"pull request #{number} not found in {self.repo}, or {self.token_source} cannot see that "
-                        "repository")
+                hint = (
+                    f"pull request #{number} not found in {self.repo}, or {self.token_source} cannot see that "
+                    "repository"
+                )
             elif status == 404:
                 hint = f"not found in {self.repo}, or {self.token_source} cannot see that repository"
             elif status == 410:
@@ -61,20 +73,37 @@ class GitHubAPI:
     def list_comments(self, number: int) -> Iterator[dict[str, Any]]:
         pages = self._http.paginate(f"/repos/{self.repo}/issues/{number}/comments", {"per_page": 100})
         while True:
-            c = self._explain("read the pull request's comments", "pull-requests: read", number,
-                              lambda: next(pages, None))
+            c = self._explain(
+                "read the pull request's comments", "pull-requests: read", number, lambda: next(pages, None)
+            )
             if c is None:
                 return
             yield {"id": c["id"], "body": c.get("body") or "", "url": c.get("html_url")}
 
     def create_comment(self, number: int, body: str) -> dict[str, Any]:
-        c = self._explain("comment on the pull request", "pull-requests: write", number, lambda: self._http.request(
-            "POST", f"/repos/{self.repo}/issues/{number}/comments", json_body={"body": body}, idempotent=False).body)
+        c = self._explain(
+            "comment on the pull request",
+            "pull-requests: write",
+            number,
+            lambda: (
+                self._http.request(
+                    "POST", f"/repos/{self.repo}/issues/{number}/comments", json_body={"body": body}, idempotent=False
+                ).body
+            ),
+        )
         return {"id": c["id"], "url": c.get("html_url")}
 
     def update_comment(self, number: int, comment_id: int, body: str) -> dict[str, Any]:
-        c = self._explain("update the pull request comment", "pull-requests: write", None, lambda: self._http.request(
-            "PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}", json_body={"body": body}).body)
+        c = self._explain(
+            "update the pull request comment",
+            "pull-requests: write",
+            None,
+            lambda: (
+                self._http.request(
+                    "PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}", json_body={"body": body}
+                ).body
+            ),
+        )
         return {"id": c["id"], "url": c.get("html_url")}
 
     def set_status(self, sha: str, state: str, context: str, description: str, target_url: str | None) -> None:
@@ -83,8 +112,12 @@ class GitHubAPI:
         if target_url:
             body["target_url"] = target_url
         # a repeated status is harmless (GitHub keeps the latest per context), so retrying is safe
-        self._explain("set a commit status", "statuses: write", None, lambda: self._http.request(
-            "POST", f"/repos/{self.repo}/statuses/{sha}", json_body=body, idempotent=True))
+        self._explain(
+            "set a commit status",
+            "statuses: write",
+            None,
+            lambda: self._http.request("POST", f"/repos/{self.repo}/statuses/{sha}", json_body=body, idempotent=True),
+        )
 
 
 if TYPE_CHECKING:  # mypy: GitHubAPI is a ForgeAPI, constructor included

@@ -6,15 +6,18 @@ notes but not write them, which is why detection never falls back to it for post
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from lepton_ci.forge.http import AmbiguousWrite, ForgeError, HttpClient
 
 BODY_LIMIT = 1_000_000
 STATES = {"success": "success", "failure": "failed", "error": "failed", "pending": "pending"}
-SCOPE_HINT = ("posting merge request notes needs a project, group or personal access token with the `api` scope "
-              "(CI_JOB_TOKEN cannot post notes): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN")
+SCOPE_HINT = (
+    "posting merge request notes needs a project, group or personal access token with the `api` scope "
+    "(CI_JOB_TOKEN cannot post notes): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN"
+)
 T = TypeVar("T")
 
 
@@ -22,8 +25,9 @@ class GitLabAPI:
     kind = "gitlab"
     body_limit = BODY_LIMIT
 
-    def __init__(self, api_url: str, repository: str, token: str, *, token_source: str | None = None,
-                 **http_options: Any) -> None:
+    def __init__(
+        self, api_url: str, repository: str, token: str, *, token_source: str | None = None, **http_options: Any
+    ) -> None:
         """`repository` is the project's numeric id or its path (group/name), as ForgeAPIFactory names it."""
         self.project_name = str(repository)
         self.project = quote(str(repository), safe="")
@@ -49,8 +53,10 @@ class GitLabAPI:
             elif exc.status == 403:
                 hint = f"{self.token_source} lacks the permission; {scope_hint}"
             elif exc.status == 404 and iid is not None:
-                hint = (f"merge request !{iid} not found in project {self.project_name}, or {self.token_source} "
-                        "cannot see that project")
+                hint = (
+                    f"merge request !{iid} not found in project {self.project_name}, or {self.token_source} "
+                    "cannot see that project"
+                )
             elif exc.status == 404:
                 hint = f"not found in project {self.project_name}, or {self.token_source} cannot see that project"
             elif exc.status in (400, 422):
@@ -69,23 +75,34 @@ class GitLabAPI:
                 yield {"id": n["id"], "body": n.get("body") or "", "url": None}
 
     def create_comment(self, number: int, body: str) -> dict[str, Any]:
-        n = self._explain("post a merge request note", number, lambda: self._http.request(
-            "POST", self._notes(number), json_body={"body": body}, idempotent=False).body)
+        n = self._explain(
+            "post a merge request note",
+            number,
+            lambda: self._http.request("POST", self._notes(number), json_body={"body": body}, idempotent=False).body,
+        )
         return {"id": n["id"], "url": None}
 
     def update_comment(self, number: int, comment_id: int, body: str) -> dict[str, Any]:
-        n = self._explain("update the merge request note", number, lambda: self._http.request(
-            "PUT", f"{self._notes(number)}/{comment_id}", json_body={"body": body}).body)
+        n = self._explain(
+            "update the merge request note",
+            number,
+            lambda: self._http.request("PUT", f"{self._notes(number)}/{comment_id}", json_body={"body": body}).body,
+        )
         return {"id": n["id"], "url": None}
 
     def set_status(self, sha: str, state: str, context: str, description: str, target_url: str | None) -> None:
         body: dict[str, Any] = {"state": STATES[state], "name": context, "description": description[:255]}
         if target_url:
             body["target_url"] = target_url
-        self._explain("set a commit status", None, lambda: self._http.request(
-            "POST", f"/projects/{self.project}/statuses/{sha}", json_body=body, idempotent=True),
+        self._explain(
+            "set a commit status",
+            None,
+            lambda: self._http.request(
+                "POST", f"/projects/{self.project}/statuses/{sha}", json_body=body, idempotent=True
+            ),
             "setting a commit status needs a token with the `api` scope and at least the Developer role "
-            "(CI_JOB_TOKEN cannot): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN")
+            "(CI_JOB_TOKEN cannot): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN",
+        )
 
 
 if TYPE_CHECKING:  # mypy: GitLabAPI is a ForgeAPI, constructor included

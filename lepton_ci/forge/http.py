@@ -28,8 +28,9 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from lepton_ci.errors import UserError
@@ -62,8 +63,11 @@ def mask_secrets(text: str) -> str:
 def mask(text: str) -> str:
     """Registered secrets, and anything that looks like an auth header's value, become ***: for log lines."""
     text = mask_secrets(text)
-    return re.sub(r"(?i)(authorization|private-token|job-token)(['\"]?\s*[:=]\s*['\"]?)(bearer |token |basic )?[^\s'\",}]+",
-                  r"\1\2\3***", text)
+    return re.sub(
+        r"(?i)(authorization|private-token|job-token)(['\"]?\s*[:=]\s*['\"]?)(bearer |token |basic )?[^\s'\",}]+",
+        r"\1\2\3***",
+        text,
+    )
 
 
 def url_problem(url: str) -> str | None:
@@ -87,8 +91,10 @@ def header_problem(headers: dict[str, str]) -> str | None:
     """Which header cannot be sent, without quoting its value (it is usually a token)."""
     for name, value in headers.items():
         if re.search(r"[\r\n\x00]", value) or value != value.strip():
-            return (f"the {name} header is not a valid HTTP header value: the token has a line break, a NUL or "
-                    "surrounding spaces (check how the secret was stored)")
+            return (
+                f"the {name} header is not a valid HTTP header value: the token has a line break, a NUL or "
+                "surrounding spaces (check how the secret was stored)"
+            )
     return None
 
 
@@ -211,7 +217,9 @@ class HttpClient:
         status = resp.status_code
         h = {k.lower(): v for k, v in resp.headers.items()}
         text = resp.text[:2000].lower() if resp.text else ""
-        rate_limited = status == 429 or (status == 403 and (h.get("x-ratelimit-remaining") == "0" or "rate limit" in text))
+        rate_limited = status == 429 or (
+            status == 403 and (h.get("x-ratelimit-remaining") == "0" or "rate limit" in text)
+        )
         if not (rate_limited or status >= 500):
             return None, False
         after = self._retry_after(h)
@@ -220,11 +228,18 @@ class HttpClient:
         if h.get("x-ratelimit-remaining") == "0" and h.get("x-ratelimit-reset", "").isdigit():
             return max(0.0, float(h["x-ratelimit-reset"]) - time.time()) + 1.0, rate_limited
         if rate_limited and "secondary rate limit" in text:  # GitHub: wait at least a minute, then back off
-            return max(60.0, self.backoff_s * 2 ** attempt), rate_limited
-        return self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2), rate_limited
+            return max(60.0, self.backoff_s * 2**attempt), rate_limited
+        return self.backoff_s * 2**attempt * (0.5 + random.random() / 2), rate_limited
 
-    def request(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
-                idempotent: bool | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool | None = None,
+    ) -> Response:
         import requests
 
         method = method.upper()
@@ -234,39 +249,58 @@ class HttpClient:
         self.check(method, url)
         last, last_status = "", None
         for attempt in range(self.max_retries + 1):
-            self.log_masked(f"debug: {method} {url}{' ' + json.dumps(params) if params else ''} "
-                     f"headers={json.dumps({k: v for k, v in self.session.headers.items()})}"
-                     f"{f' body: {len(json.dumps(json_body))} bytes of JSON' if json_body is not None else ''}")
+            self.log_masked(
+                f"debug: {method} {url}{' ' + json.dumps(params) if params else ''} "
+                f"headers={json.dumps({k: v for k, v in self.session.headers.items()})}"
+                f"{f' body: {len(json.dumps(json_body))} bytes of JSON' if json_body is not None else ''}"
+            )
             try:
-                resp = self.session.request(method, url, json=json_body, params=params,
-                                            timeout=(min(10.0, self.timeout_s), self.timeout_s))
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.ContentDecodingError) as exc:
+                resp = self.session.request(
+                    method, url, json=json_body, params=params, timeout=(min(10.0, self.timeout_s), self.timeout_s)
+                )
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError,
+            ) as exc:
                 last = _transport_error(exc)
                 if not idempotent and not _never_sent(exc):
-                    raise AmbiguousWrite(f"{method} {url}: {last}; the server may or may not have acted on it") from None
-                wait = self.backoff_s * 2 ** attempt
+                    raise AmbiguousWrite(
+                        f"{method} {url}: {last}; the server may or may not have acted on it"
+                    ) from None
+                wait = self.backoff_s * 2**attempt
             except (requests.RequestException, ValueError) as exc:  # the request could not be built or sent
                 raise ForgeError(f"{method} {url}: {_request_error(exc, url)}") from None
             else:
-                self.log_masked(f"debug: {method} {url} -> HTTP {resp.status_code}"
-                         + "".join(f" {k}={resp.headers[k]}" for k in ("Retry-After", "x-ratelimit-remaining", "Link")
-                                   if k in resp.headers))
+                self.log_masked(
+                    f"debug: {method} {url} -> HTTP {resp.status_code}"
+                    + "".join(
+                        f" {k}={resp.headers[k]}"
+                        for k in ("Retry-After", "x-ratelimit-remaining", "Link")
+                        if k in resp.headers
+                    )
+                )
                 wait, rate_limited = self._wait_for(resp, attempt)
                 if wait is None:
                     return self._finish(method, url, resp)
                 last = f"HTTP {resp.status_code}" + (f" ({_detail(resp)})" if resp.status_code < 500 else "")
                 last_status = 429 if rate_limited else resp.status_code  # a 403 rate limit is not a permission error
                 if not idempotent and not rate_limited:  # a 5xx on a create: it may have been created
-                    raise AmbiguousWrite(f"{method} {url}: {last}; the server may or may not have acted on it",
-                                         status=resp.status_code)
+                    raise AmbiguousWrite(
+                        f"{method} {url}: {last}; the server may or may not have acted on it", status=resp.status_code
+                    )
             if attempt == self.max_retries:
                 break
             if wait > self.max_wait_s:
-                raise ForgeError(f"{method} {url}: rate limited ({last}); the API asks to wait {wait:.0f}s, more than "
-                                 f"the {self.max_wait_s:.0f}s lepton-ci waits (LEPTON_CI_HTTP_MAX_WAIT); try again later",
-                                 status=429)
-            self.log_masked(f"warning: {method} {url}: {last}; retrying in {wait:.1f}s ({attempt + 1}/{self.max_retries})")
+                raise ForgeError(
+                    f"{method} {url}: rate limited ({last}); the API asks to wait {wait:.0f}s, more than "
+                    f"the {self.max_wait_s:.0f}s lepton-ci waits (LEPTON_CI_HTTP_MAX_WAIT); try again later",
+                    status=429,
+                )
+            self.log_masked(
+                f"warning: {method} {url}: {last}; retrying in {wait:.1f}s ({attempt + 1}/{self.max_retries})"
+            )
             self.sleep(wait)
         raise ForgeError(f"{method} {url}: failed after {self.max_retries + 1} attempts ({last})", status=last_status)
 
@@ -293,8 +327,10 @@ class HttpClient:
             nxt = _next_link(resp.header("link"))
             if nxt is not None:
                 if not self.same_origin(nxt):  # never send the token to another host
-                    raise ForgeError(f"GET {resp.url}: the next page is on another host ({urlsplit(nxt).netloc}); "
-                                     "refusing to follow it with the API token")
+                    raise ForgeError(
+                        f"GET {resp.url}: the next page is on another host ({urlsplit(nxt).netloc}); "
+                        "refusing to follow it with the API token"
+                    )
                 url, query = nxt, None
             elif (resp.header("x-next-page") or "").isdigit():
                 url, query = path, {**(params or {}), "page": int(resp.header("x-next-page") or 0)}
@@ -316,12 +352,15 @@ def _transport_error(exc: Exception) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out waiting for the response"
     text = str(exc)
-    for needle, short in (("Connection refused", "connection refused"), ("reset by peer", "connection reset"),
-                          ("RemoteDisconnected", "connection closed without a response"),
-                          ("Remote end closed", "connection closed without a response"),
-                          ("Name or service not known", "host name not found"),
-                          ("Temporary failure in name resolution", "host name not found"),
-                          ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed")):
+    for needle, short in (
+        ("Connection refused", "connection refused"),
+        ("reset by peer", "connection reset"),
+        ("RemoteDisconnected", "connection closed without a response"),
+        ("Remote end closed", "connection closed without a response"),
+        ("Name or service not known", "host name not found"),
+        ("Temporary failure in name resolution", "host name not found"),
+        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
+    ):
         if needle in text:
             return short
     return f"{type(exc).__name__}: {text[:200]}"
@@ -336,10 +375,13 @@ def _request_error(exc: Exception, url: str) -> str:
     import requests
 
     if isinstance(exc, requests.exceptions.InvalidHeader):
-        return ("a request header is not a valid HTTP header value: the token has a line break, a NUL or "
-                "surrounding spaces (check how the secret was stored)")
-    if isinstance(exc, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidURL)):
+        return (
+            "a request header is not a valid HTTP header value: the token has a line break, a NUL or "
+            "surrounding spaces (check how the secret was stored)"
+        )
+    if isinstance(
+        exc, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema, requests.exceptions.InvalidURL)
+    ):
         return f"invalid URL: {url_problem(url) or type(exc).__name__}"
     if isinstance(exc, requests.TooManyRedirects):
         return "too many redirects"
@@ -353,8 +395,16 @@ def _never_sent(exc: Exception) -> bool:
     if isinstance(exc, requests.ConnectTimeout):
         return True
     text = str(exc)
-    return any(s in text for s in ("NewConnectionError", "Connection refused", "Name or service not known",
-                                   "Temporary failure in name resolution", "Failed to resolve"))
+    return any(
+        s in text
+        for s in (
+            "NewConnectionError",
+            "Connection refused",
+            "Name or service not known",
+            "Temporary failure in name resolution",
+            "Failed to resolve",
+        )
+    )
 
 
 def _detail(resp: Any, body: Any = None) -> str:
@@ -375,7 +425,9 @@ def _detail(resp: Any, body: Any = None) -> str:
             parts.append(str(body["error_description"]))
         for e in body.get("errors") or []:
             if isinstance(e, dict):
-                parts.append(str(e.get("message") or " ".join(str(e.get(k)) for k in ("resource", "field", "code") if e.get(k))))
+                parts.append(
+                    str(e.get("message") or " ".join(str(e.get(k)) for k in ("resource", "field", "code") if e.get(k)))
+                )
             else:
                 parts.append(str(e))
         text = "; ".join(parts) or json.dumps(body)[:300]
@@ -388,7 +440,7 @@ def _next_link(link: str | None) -> str | None:
     if not link:
         return None
     for part in link.split(","):
-        m = re.match(r'\s*<([^>]+)>\s*;(.*)$', part)
+        m = re.match(r"\s*<([^>]+)>\s*;(.*)$", part)
         if m and re.search(r'rel="?[^";]*\bnext\b', m.group(2)):
             return m.group(1)
     return None

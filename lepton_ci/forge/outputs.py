@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 def write_github_outputs(path: Path, outputs: Mapping[str, Any]) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from lepton_ci.forge.base import FORGES, ForgeAPI, ForgeAPIFactory
 from lepton_ci.forge.detect import ForgeContext
@@ -41,7 +42,9 @@ def _close_open_blocks(text: str) -> str:
     return closers
 
 
-def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = "chars", what: str | None = None) -> str:
+def truncate(
+    body: str, limit: int, note_url: str | None = None, *, unit: str = "chars", what: str | None = None
+) -> str:
     """Fit `body` under `limit` characters (or UTF-8 bytes with unit="bytes"), cutting at a line break and
     saying so. Open code fences and <details> blocks are closed so the note shows. `what` names the limit
     in the note (default: the comment limit, pointing at the job summary for the full text)."""
@@ -49,8 +52,11 @@ def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = 
     if size(body) <= limit:
         return body
     if what is None:
-        where = (f" The full report is in the [job summary]({note_url})." if note_url
-                 else " The full report is in the job summary.")
+        where = (
+            f" The full report is in the [job summary]({note_url})."
+            if note_url
+            else " The full report is in the job summary."
+        )
         note = f"\n\n> ✂️ Report truncated to fit the {limit:,}-character comment limit.{where}\n"
     else:
         note = f"\n\n> ✂️ Report truncated to fit the {what}.\n"
@@ -64,7 +70,7 @@ def truncate(body: str, limit: int, note_url: str | None = None, *, unit: str = 
             cut = cut[: cut.rfind("\n")]
         out = cut + _close_open_blocks(cut) + note
         if size(out) <= limit or budget <= 0:
-            return out if size(out) <= limit else note[: limit]
+            return out if size(out) <= limit else note[:limit]
         budget -= size(out) - limit + 16
 
 
@@ -87,7 +93,12 @@ def post_sticky(api: ForgeAPI, number: int, body: str, marker: str) -> dict[str,
             keep = existing[0]
             extra = {"duplicates": len(existing) - 1} if len(existing) > 1 else {}
             if keep["body"] == body:
-                return {"action": "unchanged" if attempt == 0 else "created", "id": keep["id"], "url": keep.get("url"), **extra}
+                return {
+                    "action": "unchanged" if attempt == 0 else "created",
+                    "id": keep["id"],
+                    "url": keep.get("url"),
+                    **extra,
+                }
             try:
                 c = api.update_comment(number, keep["id"], body)
             except ForgeError as exc:
@@ -101,9 +112,10 @@ def post_sticky(api: ForgeAPI, number: int, body: str, marker: str) -> dict[str,
             return {"action": "created", "id": c["id"], "url": c.get("url")}
         except AmbiguousWrite as exc:
             if attempt == attempts - 1:
-                raise ForgeError(f"cannot post the comment: {exc.message} (gave up after {attempts} attempts)",
-                                 status=exc.status) from None
-            wait = http.backoff_s * 2 ** attempt
+                raise ForgeError(
+                    f"cannot post the comment: {exc.message} (gave up after {attempts} attempts)", status=exc.status
+                ) from None
+            wait = http.backoff_s * 2**attempt
             http.log_masked(f"warning: {exc.message}; looking for the comment before trying again in {wait:.1f}s")
             http.sleep(wait)
             existing = find()
@@ -122,8 +134,9 @@ def make_api(ctx: ForgeContext, **http_options: Any) -> ForgeAPI:
     from lepton_ci.plugins import load
 
     factory: ForgeAPIFactory = load(FORGES, ctx.kind, "forge", protocol=ForgeAPI)
-    return factory(ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source,
-                   **http_options)
+    return factory(
+        ctx.api_url or "", ctx.repository or "", ctx.token or "", token_source=ctx.token_source, **http_options
+    )
 
 
 def stderr_line(line: str) -> None:
@@ -153,12 +166,14 @@ _escape_annotation = _escape_data  # the name report.py and older callers use
 def gate_annotations(gate: GateRecord | None, config_file: str, rule_lines: dict[str, int]) -> list[str]:
     """`::error file=…,line=…::` lines for failed gate rules (GitHub shows them on the PR's files)."""
     out = []
-    for r in (gate.results if gate else []):
+    for r in gate.results if gate else []:
         if not r["passed"]:
             line = rule_lines.get(r["metric"], 1)
             title = _escape_property(f"lepton-ci gate: {r['metric']} {r['rule']}")
-            out.append(f"::error file={_escape_property(config_file)},line={line},title={title}::"
-                       f"{_escape_data(mask(str(r['reason'])))}")
+            out.append(
+                f"::error file={_escape_property(config_file)},line={line},title={title}::"
+                f"{_escape_data(mask(str(r['reason'])))}"
+            )
     return out
 
 
@@ -186,9 +201,19 @@ def _write_summary(path: Any, report: str, notices: list[str]) -> None:
         f.write(truncate(text, room, unit="bytes", what="job summary's 1 MiB limit") + "\n")
 
 
-def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | None, post: bool = True,
-            summary: bool = True, status: bool = True, emit: Callable[[str], None] = stderr_line,
-            http_options: dict[str, Any] | None = None, annotation_lines: Sequence[str] = ()) -> PublishResult:
+def publish(
+    report: str,
+    ctx: ForgeContext,
+    *,
+    model: str,
+    gate: GateRecord | None,
+    post: bool = True,
+    summary: bool = True,
+    status: bool = True,
+    emit: Callable[[str], None] = stderr_line,
+    http_options: dict[str, Any] | None = None,
+    annotation_lines: Sequence[str] = (),
+) -> PublishResult:
     """Post, summarise and annotate. `emit` receives GitHub workflow commands (default: stderr)."""
     register_secret(ctx.token)
     if ctx.kind == "github":
@@ -216,8 +241,9 @@ def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | No
         failed = sum(1 for r in gate.results if not r["passed"])
         desc = "all gate checks passed" if gate.passed else f"{failed} of {len(gate.results)} gate checks failed"
         try:
-            api.set_status(ctx.head_sha, "success" if gate.passed else "failure", f"{STATUS_CONTEXT} ({model})", desc,
-                           ctx.run_url)
+            api.set_status(
+                ctx.head_sha, "success" if gate.passed else "failure", f"{STATUS_CONTEXT} ({model})", desc, ctx.run_url
+            )
             result.status_set = True
         except ForgeError as exc:
             if exc.status not in (403, 404, 422):
@@ -228,6 +254,12 @@ def publish(report: str, ctx: ForgeContext, *, model: str, gate: GateRecord | No
         for n in result.notices:
             emit(f"::notice title=lepton-ci::{_escape_data(mask(n))}")
     comment = result.comment or {}
-    emit_outputs({"comment-url": comment.get("url") or "", "comment-id": comment.get("id") or "",
-                  "comment-action": comment.get("action") or "", "summary-written": str(result.summary_written).lower()})
+    emit_outputs(
+        {
+            "comment-url": comment.get("url") or "",
+            "comment-id": comment.get("id") or "",
+            "comment-action": comment.get("action") or "",
+            "summary-written": str(result.summary_written).lower(),
+        }
+    )
     return result

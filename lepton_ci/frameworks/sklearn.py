@@ -48,9 +48,11 @@ class SklearnModel:
         outputs = [{"name": "predict", "datatype": self._predict_datatype(), "shape": [-1]}]
         if self.has_proba:
             outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, self.n_classes or -1]})
-        return {"platform": "sklearn",
-                "inputs": [{"name": self.input_name, "datatype": "FP64", "shape": [-1, self.n_features or -1]}],
-                "outputs": outputs}
+        return {
+            "platform": "sklearn",
+            "inputs": [{"name": self.input_name, "datatype": "FP64", "shape": [-1, self.n_features or -1]}],
+            "outputs": outputs,
+        }
 
     def _predict_datatype(self) -> str:
         """Classifiers predict labels of `classes_`' dtype (strings are BYTES); regressors FP64."""
@@ -78,14 +80,20 @@ class SklearnModel:
         if x.ndim == 1:
             x = x.reshape(1, -1)  # one row sent as a vector
         if x.ndim != 2:
-            raise ValueError(f"input {self.input_name!r} must be 2-D [batch, {self.n_features or 'features'}], "
-                             f"got shape {list(x.shape)}")
+            raise ValueError(
+                f"input {self.input_name!r} must be 2-D [batch, {self.n_features or 'features'}], "
+                f"got shape {list(x.shape)}"
+            )
         if self.n_features and x.shape[1] != self.n_features:
-            raise ValueError(f"input {self.input_name!r} has {x.shape[1]} features, the model expects {self.n_features}")
+            raise ValueError(
+                f"input {self.input_name!r} has {x.shape[1]} features, the model expects {self.n_features}"
+            )
         if x.shape[0] == 0:  # sklearn refuses empty input; an empty batch has an empty answer
             classes = getattr(self.model, "classes_", None)
-            empty = {"predict": np.asarray(classes[:0]) if classes is not None else np.zeros(0),
-                     "predict_proba": np.zeros((0, self.n_classes or 0))}
+            empty = {
+                "predict": np.asarray(classes[:0]) if classes is not None else np.zeros(0),
+                "predict_proba": np.zeros((0, self.n_classes or 0)),
+            }
             return {name: empty[name] for name in wanted}
         x = x.astype(np.float64, copy=False)
         result: dict[str, Any] = {}
@@ -99,8 +107,10 @@ class SklearnModel:
     def example_request(self) -> dict[str, Any]:
         """One row of zeros of the model's width: the deploy smoke test."""
         n = self.n_features or 1
-        return {"id": "lepton-ci-smoke",
-                "inputs": [{"name": self.input_name, "shape": [1, n], "datatype": "FP64", "data": [0.0] * n}]}
+        return {
+            "id": "lepton-ci-smoke",
+            "inputs": [{"name": self.input_name, "shape": [1, n], "datatype": "FP64", "data": [0.0] * n}],
+        }
 
 
 def _has_method(model: Any, name: str) -> bool:
@@ -118,8 +128,9 @@ class SklearnLoader:
         try:
             import joblib
         except ImportError:
-            raise UserError("serving a scikit-learn model needs joblib and scikit-learn "
-                            "(pip install scikit-learn joblib)") from None
+            raise UserError(
+                "serving a scikit-learn model needs joblib and scikit-learn (pip install scikit-learn joblib)"
+            ) from None
         path = Path(path)
         if not path.is_file():
             raise UserError(f"model file not found: {path}")

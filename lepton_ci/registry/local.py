@@ -23,8 +23,9 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from lepton_ci.errors import NotFound, RegistryError, TransientError, UserError
 from lepton_ci.fsutil import CHUNK, JsonProblem, atomic_write_bytes, atomic_write_json, loads_strict, short_repr
@@ -56,13 +57,13 @@ def _fs(method: F) -> F:
     """Turn an OSError escaping a storage primitive into a registry error (exit 2), never exit 70."""
 
     @functools.wraps(method)
-    def wrapper(self: "LocalStorage", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: LocalStorage, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except OSError as exc:
             raise _os_error(self.root, exc) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps keeps the signature; mypy cannot see that
 
 
 class LocalStorage:
@@ -71,9 +72,9 @@ class LocalStorage:
     url: str = ""
 
     @classmethod
-    def from_url(cls, url: str, base_dir: Path, *, create: bool = False) -> "LocalStorage":
+    def from_url(cls, url: str, base_dir: Path, *, create: bool = False) -> LocalStorage:
         """file://PATH; a relative PATH is relative to `base_dir` (the directory of lepton.yml)."""
-        raw = url[len("file://"):] if url.startswith("file://") else url
+        raw = url[len("file://") :] if url.startswith("file://") else url
         if not raw:
             raise RegistryError(f"registry URL {short_repr(url)} names no directory (expected file://PATH)")
         return cls(Path(raw) if raw.startswith("/") else Path(base_dir) / raw, create=create)
@@ -102,8 +103,11 @@ class LocalStorage:
             raise NotFound(f"no registry at {self.root} (run `lepton-ci tag` to create one, or check --registry)")
         self.root.mkdir(parents=True, exist_ok=True)
         try:  # exclusive: of two jobs creating the registry at once, one writes the marker, both use it
-            atomic_write_json(self.root / MARKER, {"kind": "lepton-registry", "schema_version": MARKER_SCHEMA,
-                                                   "created": utcnow()}, exclusive=True)
+            atomic_write_json(
+                self.root / MARKER,
+                {"kind": "lepton-registry", "schema_version": MARKER_SCHEMA, "created": utcnow()},
+                exclusive=True,
+            )
         except FileExistsError:
             if not self._read_marker():
                 raise RegistryError(f"{self.root / MARKER} vanished while the registry was being created") from None
@@ -128,21 +132,25 @@ class LocalStorage:
             raise RegistryError(f"{self.root} is not a lepton-ci registry ({MARKER} has kind {short_repr(kind)})")
         version = info.get("schema_version", 1)
         if not isinstance(version, int) or isinstance(version, bool) or version > MARKER_SCHEMA:
-            raise RegistryError(f"{marker}: registry schema_version {short_repr(version)} is not supported "
-                                f"(this lepton-ci reads up to {MARKER_SCHEMA})")
+            raise RegistryError(
+                f"{marker}: registry schema_version {short_repr(version)} is not supported "
+                f"(this lepton-ci reads up to {MARKER_SCHEMA})"
+            )
         return True
 
     def _foreign_entries(self) -> list[str]:
         """Entries other than the marker being written: what makes a directory someone else's."""
-        return [p.name for p in self.root.iterdir()
-                if p.name != MARKER and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))]
+        return [
+            p.name
+            for p in self.root.iterdir()
+            if p.name != MARKER and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))
+        ]
 
     def _absent(self, what: Path) -> None:
         """Confirm that a missing `what` is a positive "not there": the registry itself must still be
         here. A registry directory that vanished after it was opened is an error, never a first run."""
         if not (self.root / MARKER).is_file():
-            raise RegistryError(f"registry {self.root} vanished or lost its {MARKER} while in use "
-                                f"(looking for {what})")
+            raise RegistryError(f"registry {self.root} vanished or lost its {MARKER} while in use (looking for {what})")
 
     # --- paths ----------------------------------------------------------------------------------------
 
@@ -276,7 +284,7 @@ class LocalStorage:
         d = self._model_dir(name)
         try:
             d.mkdir(parents=True, exist_ok=True)
-            f = open(d / ".lock", "a+")
+            f = open(d / ".lock", "a+")  # noqa: SIM115 - `with f` below; only mkdir/open errors map to _os_error
         except OSError as exc:
             raise _os_error(self.root, exc) from None
         with f:

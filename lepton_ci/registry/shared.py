@@ -20,8 +20,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from lepton_ci.errors import LeptonError, NotFound, RegistryError, TransientError, UserError
 from lepton_ci.fsutil import CHUNK, JsonProblem, canonical_json, loads_strict, sha256_bytes, short_repr
@@ -46,16 +47,18 @@ RESERVED_ALIASES = ("latest",)
 def check_name(name: Any) -> str:
     """A model name as storage may use it (a path component, an OCI repository part); else UserError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UserError(f"model name {short_repr(name, 130)} is not valid "
-                        f"(lower case letters, digits, . _ -; at most 128)")
+        raise UserError(
+            f"model name {short_repr(name, 130)} is not valid (lower case letters, digits, . _ -; at most 128)"
+        )
     return name
 
 
 def check_alias(alias: Any) -> str:
     """An alias name; `latest` is reserved because it is a reference of its own."""
     if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias in RESERVED_ALIASES:
-        raise UserError(f"alias {short_repr(alias)} is not valid "
-                        f"(lower case letter first, then letters, digits, _ -; not 'latest')")
+        raise UserError(
+            f"alias {short_repr(alias)} is not valid (lower case letter first, then letters, digits, _ -; not 'latest')"
+        )
     return alias
 
 
@@ -123,8 +126,9 @@ def _artifact_problems(artifacts: Any) -> list[str]:
         parts = p.split("/")
         for k in range(1, len(parts)):
             if "/".join(parts[:k]) in seen:
-                problems.append(f"artifact path {short_repr(p)} lies under another artifact file "
-                                f"{short_repr('/'.join(parts[:k]))}")
+                problems.append(
+                    f"artifact path {short_repr(p)} lies under another artifact file {short_repr('/'.join(parts[:k]))}"
+                )
     return problems
 
 
@@ -242,8 +246,9 @@ def parse_history(data: bytes | None, where: str) -> list[dict[str, Any]]:
         try:
             event = loads_strict(line)
         except JsonProblem as exc:
-            raise RegistryError(f"{where}:{i}: alias history is damaged (not JSON: {exc}); "
-                                f"run `lepton-ci registry check`") from None
+            raise RegistryError(
+                f"{where}:{i}: alias history is damaged (not JSON: {exc}); run `lepton-ci registry check`"
+            ) from None
         if not isinstance(event, dict):
             raise RegistryError(f"{where}:{i}: alias history is damaged (an event is not a JSON object)")
         for key, (valid, required) in EVENT_FIELDS.items():
@@ -338,13 +343,15 @@ class ModelRegistry:
         self.url = storage.url
 
     @classmethod
-    def open(cls, url: str, base_dir: Path, *, create: bool = False) -> "ModelRegistry":
+    def open(cls, url: str, base_dir: Path, *, create: bool = False) -> ModelRegistry:
         """The registry at `url` over this class's storage; what `open_registry` calls for a table entry."""
         if cls.storage_class is None:
             raise RegistryError(f"{cls.__name__} names no storage class")
         storage = cls.storage_class.from_url(url, base_dir, create=create)
         if not isinstance(storage, Storage):
-            raise RegistryError(f"{cls.__name__}: {type(storage).__name__} does not implement the registry Storage protocol")
+            raise RegistryError(
+                f"{cls.__name__}: {type(storage).__name__} does not implement the registry Storage protocol"
+            )
         return cls(storage)
 
     # reads
@@ -365,8 +372,9 @@ class ModelRegistry:
         problems = version_problems(mv, name, number)
         if problems:
             more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-            raise RegistryError(f"{name} v{number} ({where}) is refused: {problems[0]}{more}; "
-                                f"run `lepton-ci registry check`")
+            raise RegistryError(
+                f"{name} v{number} ({where}) is refused: {problems[0]}{more}; run `lepton-ci registry check`"
+            )
         return mv
 
     def versions(self, name: str) -> list[ModelVersion]:
@@ -379,22 +387,27 @@ class ModelRegistry:
             raise RegistryError(f"reference {short_repr(ref)} is not a version number, alias, digest or 'latest'")
         text = str(ref)
         number_ref = NUMBER_REF_RE.fullmatch(text)
-        if not (text == "latest" or number_ref or text.startswith("sha256:")):
-            if not ALIAS_RE.fullmatch(text):  # checked before reading: a malformed ref is never "not found"
-                raise RegistryError(f"reference {short_repr(text)} is not a version number (3 or v3), an alias, "
-                                    f"a sha256: digest or 'latest'")
+        # checked before reading: a malformed ref is never "not found"
+        if not (text == "latest" or number_ref or text.startswith("sha256:")) and not ALIAS_RE.fullmatch(text):
+            raise RegistryError(
+                f"reference {short_repr(text)} is not a version number (3 or v3), an alias, "
+                f"a sha256: digest or 'latest'"
+            )
         if text.startswith("sha256:"):
-            hexpart = text[len("sha256:"):]
+            hexpart = text[len("sha256:") :]
             if len(hexpart) < MIN_PREFIX_HEX:
-                raise RegistryError(f"digest prefix {short_repr(text)} is too short "
-                                    f"(give at least {MIN_PREFIX_HEX} hex digits after sha256:)")
+                raise RegistryError(
+                    f"digest prefix {short_repr(text)} is too short "
+                    f"(give at least {MIN_PREFIX_HEX} hex digits after sha256:)"
+                )
             if not re.fullmatch(r"[0-9a-f]{1,64}", hexpart):
                 raise RegistryError(f"{short_repr(text)} is not a sha256 digest (lower-case hex after sha256:)")
         numbers = self.version_numbers(name)
         if not numbers:
             if self._events(name):  # aliases moved to versions that are gone: damage, not a first run
-                raise RegistryError(f"model {name!r} has an alias history but no versions in {self.url}; "
-                                    f"run `lepton-ci registry check`")
+                raise RegistryError(
+                    f"model {name!r} has an alias history but no versions in {self.url}; run `lepton-ci registry check`"
+                )
             raise NotFound(f"model {name!r} has no versions in {self.url}")
         if text == "latest":
             return self._read(name, numbers[-1])
@@ -409,9 +422,11 @@ class ModelRegistry:
         if text in aliases:
             target = aliases[text]
             if target not in numbers:
-                raise RegistryError(f"alias {short_repr(text)} of {name!r} points at version {target}, "
-                                    f"which is missing; "
-                                    f"run `lepton-ci registry check`")
+                raise RegistryError(
+                    f"alias {short_repr(text)} of {name!r} points at version {target}, "
+                    f"which is missing; "
+                    f"run `lepton-ci registry check`"
+                )
             return self._read(name, target)
         known = ", ".join(sorted(aliases)) or "none"
         raise NotFound(f"model {name!r} has no alias {short_repr(text)} (aliases: {known}; or give a version number)")
@@ -437,8 +452,10 @@ class ModelRegistry:
         events = parse_history(self.storage.read_history(name), where)
         breaks = chain_breaks(events)
         if breaks:
-            raise RegistryError(f"{where}: alias history event #{breaks[0] + 1} breaks the hash chain "
-                                f"(an entry was changed, lost or reordered); run `lepton-ci registry check`")
+            raise RegistryError(
+                f"{where}: alias history event #{breaks[0] + 1} breaks the hash chain "
+                f"(an entry was changed, lost or reordered); run `lepton-ci registry check`"
+            )
         return events
 
     def history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
@@ -450,9 +467,17 @@ class ModelRegistry:
     def _move(self, name: str, alias: str, version: int, reason: str, action: str = "move") -> AliasEvent:
         """Append one move; the caller holds the model's lock."""
         events = self._events(name)
-        event = AliasEvent(seq=len(events) + 1, alias=alias, action=action, to=version,
-                           from_=current_aliases(events).get(alias), at=utcnow(), reason=reason, actor=actor(),
-                           prev=event_digest(events[-1]) if events else None)
+        event = AliasEvent(
+            seq=len(events) + 1,
+            alias=alias,
+            action=action,
+            to=version,
+            from_=current_aliases(events).get(alias),
+            at=utcnow(),
+            reason=reason,
+            actor=actor(),
+            prev=event_digest(events[-1]) if events else None,
+        )
         new = event.to_dict()
         canonical_json(new)  # a reason or actor that is not Unicode text (a lone surrogate) is a UserError now,
         # not a history that every later read refuses
@@ -482,8 +507,15 @@ class ModelRegistry:
 
     # writes
 
-    def push(self, name: str, files: list[tuple[str, Path]], metadata: dict[str, Any], *,
-             aliases: Sequence[str] = (), reason: str = "") -> PushResult:
+    def push(
+        self,
+        name: str,
+        files: list[tuple[str, Path]],
+        metadata: dict[str, Any],
+        *,
+        aliases: Sequence[str] = (),
+        reason: str = "",
+    ) -> PushResult:
         """Register files as the next version; pushing identical files and metadata again returns the existing one."""
         check_name(name)
         if not files:
@@ -503,8 +535,10 @@ class ModelRegistry:
                 raise UserError(why)
         model_file = metadata.get("model_file")
         if "model_file" in metadata and model_file not in rels:
-            raise UserError(f"model file {short_repr(model_file)} is not one of the artifacts ({', '.join(rels)}); "
-                            f"set model.file to an artifact path")
+            raise UserError(
+                f"model file {short_repr(model_file)} is not one of the artifacts ({', '.join(rels)}); "
+                f"set model.file to an artifact path"
+            )
         stored = []
         for rel, src in files:
             if not Path(src).is_file():
@@ -523,13 +557,24 @@ class ModelRegistry:
             for number in reversed(numbers):
                 # A CI rerun of the same tag job (same files, same run and gate records) is idempotent.
                 existing = self._read(name, number)
-                if existing.artifacts_digest == art_digest and canonical_json(existing.metadata) == canonical_json(metadata):
-                    events = [self._move(name, a, existing.version, reason) for a in aliases
-                              if self.aliases(name).get(a) != existing.version]
+                if existing.artifacts_digest == art_digest and canonical_json(existing.metadata) == canonical_json(
+                    metadata
+                ):
+                    events = [
+                        self._move(name, a, existing.version, reason)
+                        for a in aliases
+                        if self.aliases(name).get(a) != existing.version
+                    ]
                     return PushResult(existing, created=False, aliases=events)
             number = (numbers[-1] if numbers else 0) + 1
-            mv = ModelVersion(name=name, version=number, artifacts=stored, artifacts_digest=art_digest,
-                              metadata=metadata, created=utcnow())
+            mv = ModelVersion(
+                name=name,
+                version=number,
+                artifacts=stored,
+                artifacts_digest=art_digest,
+                metadata=metadata,
+                created=utcnow(),
+            )
             mv.digest = mv.compute_digest()
             problems = version_problems(mv, name, number)
             if problems:  # never write a version that every read would refuse
@@ -546,7 +591,9 @@ class ModelRegistry:
         are exactly the ones the manifest names. Stops early once it has read more than the manifest's size."""
         stream = self.storage.open_blob(art["sha256"])
         if stream is None:
-            raise RegistryError(f"blob {art['sha256'][:12]} of {what} ({art['path']}) is missing; run `lepton-ci registry check`")
+            raise RegistryError(
+                f"blob {art['sha256'][:12]} of {what} ({art['path']}) is missing; run `lepton-ci registry check`"
+            )
         h = hashlib.sha256()
         size = 0
         with stream:
@@ -554,7 +601,9 @@ class ModelRegistry:
                 try:
                     chunk = stream.read(CHUNK)
                 except OSError as exc:
-                    raise TransientError(f"reading blob {art['sha256'][:12]} of {what} failed: {exc.strerror or exc}") from None
+                    raise TransientError(
+                        f"reading blob {art['sha256'][:12]} of {what} failed: {exc.strerror or exc}"
+                    ) from None
                 if not chunk:
                     break
                 h.update(chunk)
@@ -564,11 +613,15 @@ class ModelRegistry:
                         break  # never copy more than the manifest promised
                     sink.write(chunk)
         if h.hexdigest() != art["sha256"] and (sink is None or size <= art["size"]):
-            raise RegistryError(f"blob {art['sha256'][:12]} of {what} ({art['path']}) does not match its digest (corrupt)")
+            raise RegistryError(
+                f"blob {art['sha256'][:12]} of {what} ({art['path']}) does not match its digest (corrupt)"
+            )
         if size != art["size"]:
-            raise RegistryError(f"blob {art['sha256'][:12]} of {what} ({art['path']}) has another size than its "
-                                f"manifest entry ({art['size']} bytes): redirected, truncated or corrupt; "
-                                f"run `lepton-ci registry check`")
+            raise RegistryError(
+                f"blob {art['sha256'][:12]} of {what} ({art['path']}) has another size than its "
+                f"manifest entry ({art['size']} bytes): redirected, truncated or corrupt; "
+                f"run `lepton-ci registry check`"
+            )
 
     def fetch(self, name: str, version: int | str, dest: Path) -> Path:
         """Materialise a version's files under dest. Each file is hashed while it is copied into a temporary
@@ -630,7 +683,9 @@ class ModelRegistry:
                         except LeptonError as exc:
                             blob_verdicts[key] = _blob_problem(exc)
                     if blob_verdicts[key]:
-                        problems.append(Problem(where, f"blob {art['sha256'][:12]} ({art['path']}) {blob_verdicts[key]}"))
+                        problems.append(
+                            Problem(where, f"blob {art['sha256'][:12]} ({art['path']}) {blob_verdicts[key]}")
+                        )
                 if verifier is not None and not found:
                     try:
                         message = verifier(mv)
@@ -641,13 +696,25 @@ class ModelRegistry:
             problems += self._check_history(name, set(numbers))
         for blob in self.storage.blobs():
             if blob.key not in referenced:
-                problems.append(Problem(f"blob {blob.key[:12]}", f"not referenced by any version (left by an interrupted "
-                                        f"tag; {human_size(blob.size)}; `lepton-ci registry gc` removes it)", "warning"))
+                problems.append(
+                    Problem(
+                        f"blob {blob.key[:12]}",
+                        f"not referenced by any version (left by an interrupted "
+                        f"tag; {human_size(blob.size)}; `lepton-ci registry gc` removes it)",
+                        "warning",
+                    )
+                )
         temps = self.storage.temp_files()
         if temps:
             total = sum(t.size for t in temps)
-            problems.append(Problem("temporary files", f"{len(temps)} file(s), {human_size(total)}, left by interrupted "
-                                    f"writes; `lepton-ci registry gc` removes them", "warning"))
+            problems.append(
+                Problem(
+                    "temporary files",
+                    f"{len(temps)} file(s), {human_size(total)}, left by interrupted "
+                    f"writes; `lepton-ci registry gc` removes them",
+                    "warning",
+                )
+            )
         return problems
 
     def _check_history(self, name: str, numbers: set[int]) -> list[Problem]:
@@ -657,11 +724,15 @@ class ModelRegistry:
             events = parse_history(self.storage.read_history(name), self.storage.history_location(name))
         except (RegistryError, TransientError) as exc:
             return [Problem(f"{name} history", str(exc))]
-        problems = [Problem(f"{name} history #{i + 1}", "hash chain broken (an entry was changed, lost or reordered)")
-                    for i in chain_breaks(events)]
+        problems = [
+            Problem(f"{name} history #{i + 1}", "hash chain broken (an entry was changed, lost or reordered)")
+            for i in chain_breaks(events)
+        ]
         for i, e in enumerate(events):
             if e["to"] not in numbers:
-                problems.append(Problem(f"{name} history #{i + 1}", f"alias {e['alias']!r} points at missing version {e['to']}"))
+                problems.append(
+                    Problem(f"{name} history #{i + 1}", f"alias {e['alias']!r} points at missing version {e['to']}")
+                )
         return problems
 
     def gc(self, *, apply: bool = False, min_age_s: float = 3600.0) -> list[GcItem]:
@@ -676,8 +747,10 @@ class ModelRegistry:
                     continue
                 refs = referenced_blobs(data)
                 if refs is None:
-                    raise RegistryError(f"gc refused: {self.storage.manifest_location(name, number)} is too damaged to "
-                                        f"tell which blobs it references; run `lepton-ci registry check`")
+                    raise RegistryError(
+                        f"gc refused: {self.storage.manifest_location(name, number)} is too damaged to "
+                        f"tell which blobs it references; run `lepton-ci registry check`"
+                    )
                 referenced |= refs
         candidates: list[Stored] = [b for b in self.storage.blobs() if b.key not in referenced]
         candidates += self.storage.temp_files()

@@ -35,8 +35,9 @@ def _port(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lepton_ci.serve",
-                                description="Serve one model over the Open Inference Protocol (V2 REST).")
+    p = argparse.ArgumentParser(
+        prog="python -m lepton_ci.serve", description="Serve one model over the Open Inference Protocol (V2 REST)."
+    )
     p.add_argument("--model-dir", required=True, type=Path, help="directory holding the model files")
     p.add_argument("--model-file", required=True, help="model file, relative to --model-dir")
     p.add_argument("--framework", default="sklearn", help="model framework (default: sklearn)")
@@ -45,8 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind, and only this one (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="port; 0 picks a free one (default: 0)")
     p.add_argument("--port-file", type=Path, help="write the bound port here (atomically) once ready")
-    p.add_argument("--workers", type=_positive, default=None,
-                   help="concurrent model calls (default: CPUs available, at most 4)")
+    p.add_argument(
+        "--workers", type=_positive, default=None, help="concurrent model calls (default: CPUs available, at most 4)"
+    )
     return p
 
 
@@ -91,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"error: cannot write the port file {args.port_file}: {exc.strerror or exc}")
             server.server_close()
             return 2
-    log(f"serving {args.name} version {args.version} ({args.framework}, {model_path}) "
-        f"at http://{shown}:{port}/v2 with {server.workers} worker(s)")
+    log(
+        f"serving {args.name} version {args.version} ({args.framework}, {model_path}) "
+        f"at http://{shown}:{port}/v2 with {server.workers} worker(s)"
+    )
     try:
         server.serve_forever()
     finally:

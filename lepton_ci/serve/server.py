@@ -57,10 +57,18 @@ class Metrics:
             return
         self.prom = prom
         self.registry = prom.CollectorRegistry()  # our own registry: two servers in one process stay separate
-        self.requests = prom.Counter("lepton_inference_requests", "Inference requests by model, version and HTTP status",
-                                     ["model", "version", "status"], registry=self.registry)
-        self.latency = prom.Histogram("lepton_inference_seconds", "Inference request latency in seconds",
-                                      ["model", "version"], registry=self.registry)
+        self.requests = prom.Counter(
+            "lepton_inference_requests",
+            "Inference requests by model, version and HTTP status",
+            ["model", "version", "status"],
+            registry=self.registry,
+        )
+        self.latency = prom.Histogram(
+            "lepton_inference_seconds",
+            "Inference request latency in seconds",
+            ["model", "version"],
+            registry=self.registry,
+        )
 
     def observe(self, model: str, version: str, status: int, seconds: float) -> None:
         if self.registry is not None:
@@ -79,7 +87,9 @@ class ModelServer(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive connections must not hold up shutdown
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], model: Any, name: str, version: str, workers: int | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], model: Any, name: str, version: str, workers: int | None = None
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -109,8 +119,13 @@ class ModelServer(ThreadingHTTPServer):
     def model_metadata(self) -> dict[str, Any]:
         if self._metadata is None:
             meta = self.model.metadata()
-            self._metadata = {"name": self.model_name, "versions": [self.model_version], "platform": meta["platform"],
-                              "inputs": meta["inputs"], "outputs": meta["outputs"]}
+            self._metadata = {
+                "name": self.model_name,
+                "versions": [self.model_version],
+                "platform": meta["platform"],
+                "inputs": meta["inputs"],
+                "outputs": meta["outputs"],
+            }
         return self._metadata
 
     def run_model(self, inputs: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
@@ -174,7 +189,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"unknown model {name!r} (this server serves {self.server.model_name!r})")
             return False
         if version not in (None, "", self.server.model_version):
-            self._error(404, f"unknown version {version!r} of model {name!r} (serving version {self.server.model_version})")
+            self._error(
+                404, f"unknown version {version!r} of model {name!r} (serving version {self.server.model_version})"
+            )
             return False
         return True
 
@@ -266,8 +283,9 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = _not_allowed
 
 
-def make_server(model: Any, name: str, version: str | int, host: str = "127.0.0.1", port: int = 0,
-                *, workers: int | None = None) -> ModelServer:
+def make_server(
+    model: Any, name: str, version: str | int, host: str = "127.0.0.1", port: int = 0, *, workers: int | None = None
+) -> ModelServer:
     """Bind (port 0 picks a free port; read it from `server.server_address[1]`); call serve_forever() to serve."""
     return ModelServer((host, port), model, name, str(version), workers)
 

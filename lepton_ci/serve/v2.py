@@ -11,9 +11,21 @@ import json
 import zlib
 from typing import Any
 
-V2_TO_NUMPY = {"BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
-               "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "FP16": "float16", "FP32": "float32",
-               "FP64": "float64", "BYTES": "object"}
+V2_TO_NUMPY = {
+    "BOOL": "bool",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
+}
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()}
 
 
@@ -49,9 +61,12 @@ def _json_kinds(datatype: str) -> tuple[str, str]:
     return "U", "strings"
 
 
-_FITS = {"BOOL": lambda x: isinstance(x, bool), "BYTES": lambda x: isinstance(x, str),
-         "INT": lambda x: isinstance(x, int) and not isinstance(x, bool),
-         "FP": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)}
+_FITS = {
+    "BOOL": lambda x: isinstance(x, bool),
+    "BYTES": lambda x: isinstance(x, str),
+    "INT": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "FP": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+}
 
 
 def _misfits(flat: list[Any], datatype: str) -> list[Any]:
@@ -124,7 +139,9 @@ def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
             raise BadRequest(f"input {name!r} is given twice")
         if not isinstance(dtype, str) or dtype not in V2_TO_NUMPY:
             raise BadRequest(f"input {name!r}: datatype {dtype!r} is not one of {', '.join(V2_TO_NUMPY)}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers, got {json.dumps(shape)}")
         count = 1
         for d in shape:
@@ -140,14 +157,16 @@ def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
                 raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
             if dtype == "BYTES":
                 raise BadRequest(f"input {name!r}: binary BYTES tensors are not supported; send JSON data")
-            chunk = binary[offset:offset + size]
+            chunk = binary[offset : offset + size]
             offset += size
             if len(chunk) != size:
                 raise BadRequest(f"input {name!r}: binary data is shorter than binary_data_size {size}")
             itemsize = np.dtype(V2_TO_NUMPY[dtype]).itemsize
             if size != count * itemsize:
-                raise BadRequest(f"input {name!r}: shape {shape} needs {count} elements "
-                                 f"({count * itemsize} bytes of {dtype}), got {size} bytes")
+                raise BadRequest(
+                    f"input {name!r}: shape {shape} needs {count} elements "
+                    f"({count * itemsize} bytes of {dtype}), got {size} bytes"
+                )
             arr = np.frombuffer(chunk, dtype=np.dtype(V2_TO_NUMPY[dtype]).newbyteorder("<"))
         else:
             if "data" not in tensor:
@@ -159,8 +178,10 @@ def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
             if flat and np.asarray(flat).dtype.kind not in kinds:
                 misfit = _misfits(flat, dtype)
                 if misfit:
-                    raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: expected {words}, "
-                                     f"got {json.dumps(misfit[0])}")
+                    raise BadRequest(
+                        f"input {name!r}: data does not fit datatype {dtype}: expected {words}, "
+                        f"got {json.dumps(misfit[0])}"
+                    )
             try:
                 arr = np.asarray(flat, dtype=V2_TO_NUMPY[dtype])
             except (TypeError, ValueError, OverflowError) as exc:
@@ -175,7 +196,9 @@ def requested_outputs(request: dict[str, Any]) -> list[str] | None:
     outputs = request.get("outputs")
     if outputs is None:
         return None
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
         raise BadRequest("'outputs' must be a list of objects with a 'name'")
     names = [o["name"] for o in outputs]
     if len(set(names)) != len(names):
@@ -192,7 +215,9 @@ def encode_outputs(arrays: dict[str, Any]) -> list[dict[str, Any]]:
         arr = np.asarray(arr)
         if arr.dtype.kind in ("U", "S", "O"):
             datatype = "BYTES"
-            data: list[Any] = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+            data: list[Any] = [
+                x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()
+            ]
         else:
             datatype = NUMPY_TO_V2.get(str(arr.dtype), "FP64")
             if datatype == "FP64" and arr.dtype != np.float64:

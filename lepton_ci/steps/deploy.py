@@ -18,15 +18,23 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lepton_ci import signing
 from lepton_ci.config import Config
 from lepton_ci.deploy.base import DeployFailed, DeploySpec, get_target
 from lepton_ci.errors import StepFailed, TrustError, UserError
 from lepton_ci.fsutil import sha256_file
-from lepton_ci.records import Deployment, GateRecord, ModelVersion, artifacts_digest, read_tagged_version, safe_relative_path
+from lepton_ci.records import (
+    Deployment,
+    GateRecord,
+    ModelVersion,
+    artifacts_digest,
+    read_tagged_version,
+    safe_relative_path,
+)
 from lepton_ci.registry import open_registry
 
 LOCK_TIMEOUT_S = 600.0
@@ -36,8 +44,12 @@ def trusted_keys(config: Config, explicit: tuple[str, ...] | list[str] = ()) -> 
     """The public keys a blessing may carry: --public-key, LEPTON_CI_PUBLIC_KEY, signing.public_key."""
     value = config.section("signing").get("public_key")
     values = [value] if isinstance(value, str) else list(value or [])
-    return signing.trusted_keys(explicit=explicit, config_values=values, base_dir=config.root,
-                                config_source=f"signing.public_key ({config.where('signing', 'public_key')})")
+    return signing.trusted_keys(
+        explicit=explicit,
+        config_values=values,
+        base_dir=config.root,
+        config_source=f"signing.public_key ({config.where('signing', 'public_key')})",
+    )
 
 
 def blessing_problem(mv: ModelVersion, keys: list[signing.PublicKey]) -> str | None:
@@ -84,8 +96,9 @@ def _hash_tree(root: Path) -> dict[str, tuple[str, int]]:
     return found
 
 
-def verify_model_files(model_dir: Path, mv: ModelVersion, gate: GateRecord | None,
-                       keys: list[signing.PublicKey]) -> str | None:
+def verify_model_files(
+    model_dir: Path, mv: ModelVersion, gate: GateRecord | None, keys: list[signing.PublicKey]
+) -> str | None:
     """None when the files under model_dir are exactly the version's (and, with a gate, the signed) set."""
     try:
         found = _hash_tree(model_dir)
@@ -124,7 +137,9 @@ def fetch_verified(config: Config, mv: ModelVersion, gate: GateRecord | None, ke
         problem = verify_model_files(dest, mv, gate, keys) if not dest.is_symlink() else "the cache entry is a link"
         if problem is None:
             return dest
-        print(f"lepton-ci: warning: discarding the deploy cache for {mv.name} v{mv.version}: {problem}", file=sys.stderr)
+        print(
+            f"lepton-ci: warning: discarding the deploy cache for {mv.name} v{mv.version}: {problem}", file=sys.stderr
+        )
         if dest.is_symlink() or dest.is_file():
             dest.unlink()
         else:
@@ -149,11 +164,15 @@ def _model_file(config: Config, mv: ModelVersion) -> str:
     if not name and len(mv.artifacts) == 1:
         name = mv.artifacts[0]["path"]
     if not name:
-        raise UserError("the version has several artifacts; set model.file in lepton.yml to the one the server loads",
-                        where=config.where("model"))
+        raise UserError(
+            "the version has several artifacts; set model.file in lepton.yml to the one the server loads",
+            where=config.where("model"),
+        )
     if not isinstance(name, str) or not safe_relative_path(name) or name not in {a["path"] for a in mv.artifacts}:
-        raise TrustError(f"refusing to deploy {mv.name} v{mv.version}: model file {str(name)[:80]!r} is not one of "
-                         "the version's artifacts")
+        raise TrustError(
+            f"refusing to deploy {mv.name} v{mv.version}: model file {str(name)[:80]!r} is not one of "
+            "the version's artifacts"
+        )
     return name
 
 
@@ -195,18 +214,40 @@ def _smoke_request(config: Config) -> dict[str, Any] | None:
     except FileNotFoundError:
         raise UserError(f"smoke request file not found: {rel}", where=config.where("deploy", "smoke_request")) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"smoke request {rel} is not valid JSON: {exc}", where=config.where("deploy", "smoke_request")) from None
+        raise UserError(
+            f"smoke request {rel} is not valid JSON: {exc}", where=config.where("deploy", "smoke_request")
+        ) from None
 
 
-def deploy(config: Config, *, ref: str | None = None, allow_unblessed: bool = False, move_alias: bool = True,
-           reason: str = "", public_keys: tuple[str, ...] | list[str] = ()) -> Deployment:
+def deploy(
+    config: Config,
+    *,
+    ref: str | None = None,
+    allow_unblessed: bool = False,
+    move_alias: bool = True,
+    reason: str = "",
+    public_keys: tuple[str, ...] | list[str] = (),
+) -> Deployment:
     with deployment_lock(config):
-        return _deploy(config, ref=ref, allow_unblessed=allow_unblessed, move_alias=move_alias, reason=reason,
-                       public_keys=public_keys)
+        return _deploy(
+            config,
+            ref=ref,
+            allow_unblessed=allow_unblessed,
+            move_alias=move_alias,
+            reason=reason,
+            public_keys=public_keys,
+        )
 
 
-def _deploy(config: Config, *, ref: str | None, allow_unblessed: bool, move_alias: bool, reason: str,
-            public_keys: tuple[str, ...] | list[str]) -> Deployment:
+def _deploy(
+    config: Config,
+    *,
+    ref: str | None,
+    allow_unblessed: bool,
+    move_alias: bool,
+    reason: str,
+    public_keys: tuple[str, ...] | list[str],
+) -> Deployment:
     section = config.section("deploy")
     registry = open_registry(config.registry_url, config.root)
     if ref is None:
@@ -222,9 +263,15 @@ def _deploy(config: Config, *, ref: str | None, allow_unblessed: bool, move_alia
     gate = None if problem else GateRecord.from_dict(mv.gate, source=f"{mv.name} v{mv.version} gate record")
     model_file = _model_file(config, mv)
     target = get_target(section.get("target", "local"))
-    spec = DeploySpec(version=mv, model_dir=fetch_verified(config, mv, gate, keys), model_file=model_file,
-                      framework=mv.metadata.get("framework") or config.framework, options=section,
-                      state_dir=_state_dir(config), smoke_request=_smoke_request(config))
+    spec = DeploySpec(
+        version=mv,
+        model_dir=fetch_verified(config, mv, gate, keys),
+        model_file=model_file,
+        framework=mv.metadata.get("framework") or config.framework,
+        options=section,
+        state_dir=_state_dir(config),
+        smoke_request=_smoke_request(config),
+    )
     current = current_deployment(config)
     try:
         record = target.deploy(spec, current)
@@ -236,7 +283,9 @@ def _deploy(config: Config, *, ref: str | None, allow_unblessed: bool, move_alia
     record.write(config.deployment_path)
     alias = section.get("alias", "production")
     if move_alias and alias and registry.aliases(mv.name).get(alias) != mv.version:
-        registry.move_alias(mv.name, alias, mv.version, reason=reason or f"deployed to {target.name} at {record.endpoint}")
+        registry.move_alias(
+            mv.name, alias, mv.version, reason=reason or f"deployed to {target.name} at {record.endpoint}"
+        )
     return record
 
 
@@ -260,7 +309,9 @@ def stop(config: Config) -> Deployment:
         return stopped
 
 
-def rollback(config: Config, *, allow_unblessed: bool = False, public_keys: tuple[str, ...] | list[str] = ()) -> Deployment:
+def rollback(
+    config: Config, *, allow_unblessed: bool = False, public_keys: tuple[str, ...] | list[str] = ()
+) -> Deployment:
     """Deploy the previous version again (verified like any deploy) and move the alias back to it."""
     with deployment_lock(config):
         current = current_deployment(config)
@@ -269,10 +320,18 @@ def rollback(config: Config, *, allow_unblessed: bool = False, public_keys: tupl
         if not current.previous:
             raise UserError(f"{current.model} v{current.version} has no previous deployment to roll back to")
         previous_version = current.previous["version"]
-        record = _deploy(config, ref=str(previous_version), move_alias=False, allow_unblessed=allow_unblessed,
-                         reason="", public_keys=public_keys)
+        record = _deploy(
+            config,
+            ref=str(previous_version),
+            move_alias=False,
+            allow_unblessed=allow_unblessed,
+            reason="",
+            public_keys=public_keys,
+        )
         alias = config.section("deploy").get("alias", "production")
         registry = open_registry(config.registry_url, config.root)
         if alias and registry.aliases(record.model).get(alias) != previous_version:
-            registry.move_alias(record.model, alias, previous_version, reason=f"deploy rollback from v{current.version}")
+            registry.move_alias(
+                record.model, alias, previous_version, reason=f"deploy rollback from v{current.version}"
+            )
         return record

@@ -17,8 +17,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lepton_ci import signing
 from lepton_ci.config import Config
@@ -47,7 +48,8 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
         metrics: dict[str, Any] = {}
         missing = []
         notes: list[str] = []
-        for rel, (path, blob) in zip(files, contents.items()):
+        # strict=False: two train.metrics entries naming one file give `contents` fewer keys than `files`
+        for rel, (_path, blob) in zip(files, contents.items(), strict=False):
             if blob is None:
                 missing.append(rel)
             else:
@@ -71,8 +73,13 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
         why = exc.message.split(" (")[0]
         note = f"no baseline for {short_repr(spec)} yet: {why}"
         return {"source": "registry", "ref": spec, "metrics": None, "note": note}
-    return {"source": "registry", "ref": spec, "version": mv.version, "digest": mv.digest,
-            "metrics": registry_baseline_metrics(mv)}
+    return {
+        "source": "registry",
+        "ref": spec,
+        "version": mv.version,
+        "digest": mv.digest,
+        "metrics": registry_baseline_metrics(mv),
+    }
 
 
 def registry_baseline_metrics(mv: ModelVersion) -> dict[str, Any]:
@@ -113,25 +120,37 @@ def staged_candidate(config: Config, run: RunRecord, run_path: Path) -> Iterator
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def gate(config: Config, *, run_path: Path | None = None, baseline: str | None = None,
-         output: Path | None = None) -> GateRecord:
+def gate(
+    config: Config, *, run_path: Path | None = None, baseline: str | None = None, output: Path | None = None
+) -> GateRecord:
     section = config.section("gate")
     run_path = run_path or config.run_path
     run = RunRecord.read(run_path)
     if not run.succeeded:
         raise UserError(f"the run in {run_path} did not succeed ({str(run.exit.get('status'))[:80]}); nothing to gate")
     if run.model and run.model != config.model_name:
-        raise UserError(f"{run_path} is a run of model {short_repr(run.model)}, "
-                        f"but lepton.yml names {config.model_name!r}")
+        raise UserError(
+            f"{run_path} is a run of model {short_repr(run.model)}, but lepton.yml names {config.model_name!r}"
+        )
     spec = baseline or section.get("baseline") or DEFAULT_BASELINE
     base = resolve_baseline(config, spec, explicit=baseline is not None)
     rules = section.get("rules") or []
     metric_files = ", ".join(config.section("train").get("metrics") or []) or "no metrics files configured"
-    results = evaluate(rules, run.metrics, base["metrics"], f"{run_path.name}; metrics files: {metric_files}",
-                       section.get("first_run", "pass"))
+    results = evaluate(
+        rules,
+        run.metrics,
+        base["metrics"],
+        f"{run_path.name}; metrics files: {metric_files}",
+        section.get("first_run", "pass"),
+    )
     record = GateRecord(
         model=config.model_name,
-        candidate={"run_id": run.run_id, "digest": artifacts_digest(run.artifacts) if run.artifacts else "", "git": run.git, "metrics": run.metrics},
+        candidate={
+            "run_id": run.run_id,
+            "digest": artifacts_digest(run.artifacts) if run.artifacts else "",
+            "git": run.git,
+            "metrics": run.metrics,
+        },
         baseline=base,
         results=results,
         verdict="pass" if all(r["passed"] for r in results) else "fail",

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lepton_ci.config import Config
 from lepton_ci.charts import history_charts
+from lepton_ci.config import Config
 from lepton_ci.errors import UserError
 from lepton_ci.metrics import fmt_number
 from lepton_ci.records import Deployment, GateRecord, ModelVersion, RunRecord
@@ -63,10 +63,19 @@ def _change(candidate: float | None, baseline: float | None, direction: str | No
     return f"{'+' if delta > 0 else ''}{fmt_number(delta, precision)}{pct}", arrow
 
 
-def build_context(run: RunRecord | None, gate: GateRecord | None, version: ModelVersion | None,
-                  deployment: Deployment | None, model: str, precision: int, aliases: list[str]) -> dict[str, Any]:
+def build_context(
+    run: RunRecord | None,
+    gate: GateRecord | None,
+    version: ModelVersion | None,
+    deployment: Deployment | None,
+    model: str,
+    precision: int,
+    aliases: list[str],
+) -> dict[str, Any]:
     if run is None and gate is None:
-        raise UserError("nothing to report: no run.json and no gate.json (run `lepton-ci train` and `lepton-ci gate` first)")
+        raise UserError(
+            "nothing to report: no run.json and no gate.json (run `lepton-ci train` and `lepton-ci gate` first)"
+        )
     # GateRecord.from_dict has checked candidate.metrics, baseline.metrics and each result; what is read
     # here beyond that is optional and shown only when it has the expected type.
     candidate_metrics = _mapping(gate.candidate.get("metrics") if gate else None) or (run.metrics if run else {})
@@ -78,9 +87,17 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
         c, b = candidate_metrics.get(metric), baseline_metrics.get(metric)
         change, arrow = _change(c, b, directions.get(metric), precision)
         rows.append({"metric": metric, "candidate": num(c), "baseline": num(b), "change": change, "arrow": arrow})
-    results = [{**r, "threshold": num(r.get("threshold")), "observed": num(r.get("observed")),
-                "baseline": num(r.get("baseline")), "passed": r.get("passed") is True,
-                "reason": str(r.get("reason", "")).replace("|", "\\|")} for r in (gate.results if gate else [])]
+    results = [
+        {
+            **r,
+            "threshold": num(r.get("threshold")),
+            "observed": num(r.get("observed")),
+            "baseline": num(r.get("baseline")),
+            "passed": r.get("passed") is True,
+            "reason": str(r.get("reason", "")).replace("|", "\\|"),
+        }
+        for r in (gate.results if gate else [])
+    ]
     notes: list[str] = []
     baseline_text = None
     if gate:
@@ -97,9 +114,12 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
     from_gate = gate.candidate if gate else {}
     git = _mapping(src.git if src else from_gate.get("git"))
     sha = git.get("sha")
-    candidate = {"run_id": src.run_id if src else _text(from_gate.get("run_id")),
-                 "git_sha": sha[:10] if isinstance(sha, str) else "", "git_ref": _text(git.get("ref")),
-                 "dirty": git.get("dirty") is True}
+    candidate = {
+        "run_id": src.run_id if src else _text(from_gate.get("run_id")),
+        "git_sha": sha[:10] if isinstance(sha, str) else "",
+        "git_ref": _text(git.get("ref")),
+        "dirty": git.get("dirty") is True,
+    }
     signature = None
     if gate:
         sig = gate.signature or {}
@@ -111,44 +131,75 @@ def build_context(run: RunRecord | None, gate: GateRecord | None, version: Model
     verdict = gate.verdict if gate else None
     dep = None
     if deployment is not None:  # Deployment.from_dict: health entries are objects, previous an object or null
-        dep = {"status": deployment.status, "target": deployment.target, "version": deployment.version,
-               "endpoint": deployment.endpoint, "previous": (deployment.previous or {}).get("version"),
-               "checks": [{"check": h.get("check"), "passed": h.get("passed"), "ms": h.get("ms")} for h in deployment.health]}
+        dep = {
+            "status": deployment.status,
+            "target": deployment.target,
+            "version": deployment.version,
+            "endpoint": deployment.endpoint,
+            "previous": (deployment.previous or {}).get("version"),
+            "checks": [
+                {"check": h.get("check"), "passed": h.get("passed"), "ms": h.get("ms")} for h in deployment.health
+            ],
+        }
     return {
-        "model": model, "candidate": candidate, "baseline": baseline_text, "metric_rows": rows, "results": results,
-        "passed_count": sum(1 for r in results if r["passed"]), "signature": signature,
+        "model": model,
+        "candidate": candidate,
+        "baseline": baseline_text,
+        "metric_rows": rows,
+        "results": results,
+        "passed_count": sum(1 for r in results if r["passed"]),
+        "signature": signature,
         "verdict_icon": {"pass": "✅", "fail": "❌"}.get(verdict or "", "📊"),
         "verdict_text": {"pass": "passed", "fail": "failed"}.get(verdict or "", "not run"),
-        "version": None if version is None else {"version": version.version, "digest": version.digest, "aliases": aliases},
-        "deployment": dep, "notes": notes,
+        "version": None
+        if version is None
+        else {"version": version.version, "digest": version.digest, "aliases": aliases},
+        "deployment": dep,
+        "notes": notes,
     }
 
 
 def render(context: dict[str, Any]) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True, autoescape=False, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+    )
     text = env.get_template("report.md.j2").render(**context)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text.strip() + "\n"
 
 
-def report(config: Config, *, run_path: Path | None = None, gate_path: Path | None = None,
-           deployment_path: Path | None = None, include_version: bool = True) -> str:
-    from lepton_ci.registry import open_registry
+def report(
+    config: Config,
+    *,
+    run_path: Path | None = None,
+    gate_path: Path | None = None,
+    deployment_path: Path | None = None,
+    include_version: bool = True,
+) -> str:
     from lepton_ci.records import read_tagged_version
+    from lepton_ci.registry import open_registry
 
     run = _read_optional(RunRecord, run_path or config.run_path)
     gate = _read_optional(GateRecord, gate_path or config.gate_path)
     deployment = _read_optional(Deployment, deployment_path or config.deployment_path)
     notes: list[str] = []
     if run is not None and not run.succeeded:
-        notes.append(f"the last training run {run.run_id} {run.exit.get('status')} (exit code {run.exit.get('code')}); "
-                     f"see {run.exit.get('log')}")
+        notes.append(
+            f"the last training run {run.run_id} {run.exit.get('status')} (exit code {run.exit.get('code')}); "
+            f"see {run.exit.get('log')}"
+        )
     if gate is not None and run is not None and gate.candidate.get("run_id") != run.run_id:
-        notes.append(f"gate.json belongs to run {gate.candidate.get('run_id')}, not to run {run.run_id}: it is not shown")
+        notes.append(
+            f"gate.json belongs to run {gate.candidate.get('run_id')}, not to run {run.run_id}: it is not shown"
+        )
         gate = None
     version = read_tagged_version(config.root) if include_version else None
     if version is not None and run is not None and version.run and version.run.get("run_id") != run.run_id:

@@ -15,8 +15,14 @@ from lepton_ci.records import GateRecord, RunRecord, artifacts_digest, tagged_ve
 from lepton_ci.registry import PushResult, open_registry
 
 
-def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None = None,
-        aliases: list[str] | None = None, reason: str = "") -> PushResult:
+def tag(
+    config: Config,
+    *,
+    run_path: Path | None = None,
+    gate_path: Path | None = None,
+    aliases: list[str] | None = None,
+    reason: str = "",
+) -> PushResult:
     section = config.section("tag")
     run_path = run_path or config.run_path
     run = RunRecord.read(run_path)
@@ -30,7 +36,9 @@ def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None 
     if gate_path.is_file():
         gate = GateRecord.read(gate_path)
         if gate.candidate.get("digest") != artifacts_digest(run.artifacts):
-            raise UserError(f"{gate_path} was written for another run (artifacts digest differs); run `lepton-ci gate` again")
+            raise UserError(
+                f"{gate_path} was written for another run (artifacts digest differs); run `lepton-ci gate` again"
+            )
         if require_gate and not gate.passed:
             raise StepFailed("the gate verdict is fail: not tagging (set tag.require_gate: false to register anyway)")
         metadata["gate"] = gate.to_dict()
@@ -40,7 +48,7 @@ def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None 
     for rel, path in files:
         if not path.is_file():
             raise UserError(f"artifact {rel} recorded in {run_path} no longer exists")
-    for art, (rel, path) in zip(run.artifacts, files):
+    for art, (rel, path) in zip(run.artifacts, files, strict=True):
         if sha256_file(path) != art["sha256"]:
             raise UserError(f"artifact {rel} changed after training (sha256 differs from {run_path})")
     metadata["framework"] = config.framework
@@ -48,7 +56,8 @@ def tag(config: Config, *, run_path: Path | None = None, gate_path: Path | None 
         metadata["model_file"] = config.model_file
     registry = open_registry(config.registry_url, config.root, create=True)
     wanted = list(aliases) if aliases is not None else list(section.get("aliases", ["candidate"]))
-    result = registry.push(config.model_name, files, metadata, aliases=wanted,
-                           reason=reason or f"tagged from run {run.run_id}")
+    result = registry.push(
+        config.model_name, files, metadata, aliases=wanted, reason=reason or f"tagged from run {run.run_id}"
+    )
     atomic_write_json(tagged_version_path(config.root), result.version.to_dict())
     return result

@@ -78,8 +78,11 @@ def _expand(config: Config, key: str, patterns: list[str], kind: str) -> list[tu
             target = f.resolve()
             if not target.is_relative_to(root):
                 link = f" (which resolves to {target})" if target != Path(os.path.abspath(f)) else ""
-                raise UserError(f"train.{key}[{i}]: {kind} pattern {pattern!r} matches {f}{link}, outside the project "
-                                f"directory {root}; only files inside it can be recorded", where=config.where("train", key, i))
+                raise UserError(
+                    f"train.{key}[{i}]: {kind} pattern {pattern!r} matches {f}{link}, outside the project "
+                    f"directory {root}; only files inside it can be recorded",
+                    where=config.where("train", key, i),
+                )
             found[target.relative_to(root).as_posix()] = f
     return sorted(found.items())
 
@@ -121,13 +124,27 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def run_command(command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float | None,
-                quiet: bool = False, to_stderr: bool = False) -> tuple[int, bool, float]:
+def run_command(
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float | None,
+    quiet: bool = False,
+    to_stderr: bool = False,
+) -> tuple[int, bool, float]:
     """Run a shell command in its own process group; returns (exit code, timed out, seconds)."""
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except FileNotFoundError as exc:
         raise UserError(f"cannot run the training command in {cwd}: {exc.strerror}") from None
     reader = threading.Thread(target=_stream, args=(proc, log_path, quiet, to_stderr), daemon=True)
@@ -170,10 +187,15 @@ def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> tuple[dict[
     for i, rel in enumerate(config.section("train").get("metrics") or []):
         path = config.resolve(rel)
         if not path.is_file():
-            raise UserError(f"metrics file {rel!r} was not written by the training command", where=config.where("train", "metrics", i))
+            raise UserError(
+                f"metrics file {rel!r} was not written by the training command",
+                where=config.where("train", "metrics", i),
+            )
         if not written_since(path, start_ns):
-            raise UserError(f"metrics file {rel!r} is older than this run: the training command did not rewrite it",
-                            where=config.where("train", "metrics", i))
+            raise UserError(
+                f"metrics file {rel!r} is older than this run: the training command did not rewrite it",
+                where=config.where("train", "metrics", i),
+            )
         sources.append((rel, load_metrics_file(path, rel)))
     for name, parsed in sources:
         notes.extend(parsed.notes)
@@ -184,8 +206,15 @@ def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> tuple[dict[
     return merged, notes
 
 
-def train(config: Config, *, param_overrides: dict[str, Any] | None = None, timeout: float | None = None,
-          output: Path | None = None, quiet: bool = False, to_stderr: bool = False) -> RunRecord:
+def train(
+    config: Config,
+    *,
+    param_overrides: dict[str, Any] | None = None,
+    timeout: float | None = None,
+    output: Path | None = None,
+    quiet: bool = False,
+    to_stderr: bool = False,
+) -> RunRecord:
     """Run the training command. `to_stderr` keeps stdout clean for callers that print a report there."""
     section = config.section("train")
     if "command" not in section:
@@ -197,7 +226,9 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
     run_dir.mkdir(parents=True, exist_ok=True)
     workdir = config.resolve(section.get("workdir", "."))
     if not workdir.is_dir():
-        raise UserError(f"train.workdir {section.get('workdir')!r} is not a directory", where=config.where("train", "workdir"))
+        raise UserError(
+            f"train.workdir {section.get('workdir')!r} is not a directory", where=config.where("train", "workdir")
+        )
 
     env = scrubbed_environ(section.get("env_passthrough") or [])  # no signing key or tokens for user code
     env.update({str(k): _env_value(v) for k, v in (section.get("env") or {}).items()})
@@ -210,20 +241,31 @@ def train(config: Config, *, param_overrides: dict[str, Any] | None = None, time
     git = git_info(config.root)
     started = utcnow()
     start_ns = time.time_ns()
-    code, timed_out, seconds = run_command(section["command"], workdir, env, run_dir / "train.log", timeout, quiet, to_stderr)
+    code, timed_out, seconds = run_command(
+        section["command"], workdir, env, run_dir / "train.log", timeout, quiet, to_stderr
+    )
     record = RunRecord(
-        run_id=run_id, model=config.model_name, git=git, command=section["command"], params=params,
+        run_id=run_id,
+        model=config.model_name,
+        git=git,
+        command=section["command"],
+        params=params,
         environment=capture_environment(),
         timing={"started": started, "finished": utcnow(), "duration_s": round(seconds, 3)},
-        exit={"code": code, "status": "timed_out" if timed_out else ("succeeded" if code == 0 else "failed"),
-              "log": str((run_dir / "train.log").relative_to(config.root))},
+        exit={
+            "code": code,
+            "status": "timed_out" if timed_out else ("succeeded" if code == 0 else "failed"),
+            "log": str((run_dir / "train.log").relative_to(config.root)),
+        },
     )
     out_path = output or config.run_path
     if record.exit["status"] != "succeeded":
         record.write(out_path)
         record.write(run_dir / "run.json")
         if timed_out:
-            raise StepFailed(f"training command timed out after {timeout:g}s and was stopped (log: {record.exit['log']})")
+            raise StepFailed(
+                f"training command timed out after {timeout:g}s and was stopped (log: {record.exit['log']})"
+            )
         raise StepFailed(f"training command exited with code {code} (log: {record.exit['log']})")
 
     logged_params = run_dir / tracking.PARAMS_FILE
