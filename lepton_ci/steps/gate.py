@@ -48,8 +48,9 @@ def resolve_baseline(config: Config, spec: str, *, explicit: bool) -> dict[str, 
         metrics: dict[str, Any] = {}
         missing = []
         notes: list[str] = []
-        # strict=False: two train.metrics entries naming one file give `contents` fewer keys than `files`
-        for rel, (_path, blob) in zip(files, contents.items(), strict=False):
+        files = list(dict.fromkeys(files))  # a file named twice is read once, as `train` does
+        for rel in files:
+            blob = contents[config.resolve(rel)]
             if blob is None:
                 missing.append(rel)
             else:

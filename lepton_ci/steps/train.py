@@ -6,6 +6,7 @@ the command fails or times out, so a CI job can still report what happened.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -158,6 +159,11 @@ def run_command(
     except KeyboardInterrupt:
         _kill_group(proc)
         raise
+    # Whatever the command left running in its process group goes too: a process that outlives the
+    # training step could wait for a later step of the same job (the gate, holding the signing key) and
+    # read its environment. A process that left the group (setsid) escapes this; separate jobs do not.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     reader.join(timeout=10)
     return proc.returncode, timed_out, time.monotonic() - start
 

@@ -131,3 +131,27 @@ def test_param_overrides_use_the_bounded_loader() -> None:
     }
     with pytest.raises(UserError, match="recursive alias"):
         parse_param_overrides(["x=&a [*a]"])
+
+
+def test_processes_the_training_command_leaves_behind_are_stopped(tmp_path: Path) -> None:
+    """A background process that outlived `train` could wait for the gate step and read its environment."""
+    root = tmp_path / "proj"
+    cfg = project(root, ["model.bin"])
+    script = "import subprocess, sys\np = subprocess.Popen(['sleep', '300'])\nopen('child.pid', 'w').write(str(p.pid))\n"
+    (root / "spawn.py").write_text(script)
+    config = json.loads(cfg.read_text())
+    config["train"]["command"] = f"{sys.executable} spawn.py && {config['train']['command']}"
+    cfg.write_text(json.dumps(config, indent=2))
+    train(load_config(cfg), quiet=True)
+    pid = int((root / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break  # gone
+        if state == "Z":
+            break  # killed, waiting to be reaped by its parent (init)
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the background process {pid} of the training command is still running")
