@@ -313,7 +313,7 @@ def blessing_payload(record: GateRecord, model_signature_digest: str | None) -> 
         "model": record.model,
         "verdict": record.verdict,
         "created": record.created,
-        "candidate": {k: candidate.get(k) for k in ("digest", "run_id", "metrics", "git")},
+        "candidate": {k: candidate.get(k) for k in ("digest", "run_id", "metrics", "git", "model_file", "framework")},
         "baseline": record.baseline,
         "results": record.results,
         "model_signature": model_signature_digest,

@@ -26,7 +26,7 @@ from lepton_ci import signing
 from lepton_ci.config import Config
 from lepton_ci.deploy.base import DeployFailed, DeploySpec, get_target
 from lepton_ci.errors import StepFailed, TrustError, UserError
-from lepton_ci.fsutil import sha256_file
+from lepton_ci.fsutil import sha256_file, short_repr
 from lepton_ci.records import (
     Deployment,
     GateRecord,
@@ -158,9 +158,27 @@ def fetch_verified(config: Config, mv: ModelVersion, gate: GateRecord | None, ke
     return dest
 
 
-def _model_file(config: Config, mv: ModelVersion) -> str:
+def _served_as(config: Config, mv: ModelVersion, gate: GateRecord | None) -> tuple[str, str]:
+    """(model file, framework) the server loads. For a blessed version both come from the signed gate
+    record, and the version's (unsigned) metadata must agree: whoever can write the registry must not be
+    able to make the server load another of the files, or load it with another loader."""
+    if gate is None:
+        return _model_file(config, mv, mv.metadata.get("model_file")), mv.metadata.get("framework") or config.framework
+    signed_file, signed_framework = gate.candidate.get("model_file"), gate.candidate.get("framework")
+    for key, signed in (("model_file", signed_file), ("framework", signed_framework)):
+        stored = mv.metadata.get(key)
+        if stored is not None and signed is not None and stored != signed:
+            raise TrustError(
+                f"refusing to deploy {mv.name} v{mv.version}: its metadata names {key} {short_repr(stored)}, "
+                f"but the gate blessed {short_repr(signed)}"
+            )
+    framework = signed_framework or mv.metadata.get("framework") or config.framework
+    return _model_file(config, mv, signed_file or mv.metadata.get("model_file")), framework
+
+
+def _model_file(config: Config, mv: ModelVersion, name: Any) -> str:
     """The artifact the server loads: it must be one of the version's own (verified) files."""
-    name = mv.metadata.get("model_file") or config.model_file
+    name = name or config.model_file
     if not name and len(mv.artifacts) == 1:
         name = mv.artifacts[0]["path"]
     if not name:
@@ -261,13 +279,13 @@ def _deploy(
     if problem and not allow_unblessed:
         raise StepFailed(f"refusing to deploy {mv.name} v{mv.version}: {problem} (use --allow-unblessed to override)")
     gate = None if problem else GateRecord.from_dict(mv.gate, source=f"{mv.name} v{mv.version} gate record")
-    model_file = _model_file(config, mv)
+    model_file, framework = _served_as(config, mv, gate)
     target = get_target(section.get("target", "local"))
     spec = DeploySpec(
         version=mv,
         model_dir=fetch_verified(config, mv, gate, keys),
         model_file=model_file,
-        framework=mv.metadata.get("framework") or config.framework,
+        framework=framework,
         options=section,
         state_dir=_state_dir(config),
         smoke_request=_smoke_request(config),

@@ -151,6 +151,9 @@ def gate(
             "digest": artifacts_digest(run.artifacts) if run.artifacts else "",
             "git": run.git,
             "metrics": run.metrics,
+            # what the server will load, and how: signed with the rest, so the registry cannot swap them
+            "model_file": config.model_file,
+            "framework": config.framework,
         },
         baseline=base,
         results=results,

@@ -153,6 +153,24 @@ def test_model_file_outside_the_version(project: Path, model_file: str) -> None:
     assert _refused_or_blessed(project, blessed) == "refused"
 
 
+@pytest.mark.parametrize("key, value", [("model_file", "extra.bin"), ("framework", "torch")])
+def test_metadata_cannot_choose_another_blessed_file_or_loader(project: Path, key: str, value: str) -> None:
+    """Both files are blessed, but the gate blessed model.bin as the model with its loader: a registry
+    writer who re-seals the manifest must not make the server load extra.bin, or load with another loader."""
+    config = (project / "lepton.yml").read_text()
+    config = config.replace("artifacts: [model.bin]", "artifacts: [model.bin, extra.bin]")
+    (project / "lepton.yml").write_text(config.replace("  name: toy\n", "  name: toy\n  file: model.bin\n", 1))
+    (project / "train.py").write_text((project / "train.py").read_text() + "open('extra.bin', 'wb').write(b'x')\n")
+    blessed = _release(project, 0.9)
+    _rewrite(_manifest(project), lambda d: d["metadata"].__setitem__(key, value))
+    with pytest.raises(LeptonError, match=f"names {key}"):
+        _deploy(project)
+    assert SERVED == []
+    path = _manifest(project)
+    _rewrite(path, lambda d: d["metadata"].pop(key))  # without it, the signed value is used
+    assert _deploy(project) == blessed
+
+
 def test_gate_record_pasted_from_another_version(project: Path) -> None:
     _release(project, 0.9)
     _release(project, 0.95)
