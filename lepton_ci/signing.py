@@ -42,7 +42,7 @@ KEY_FILE_ENV = "LEPTON_CI_SIGNING_KEY_FILE"
 PUBLIC_KEY_ENV = "LEPTON_CI_PUBLIC_KEY"
 ALG = "ecdsa-p256-sha256"
 PAYLOAD_TYPE = "lepton-ci/gate-blessing"
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 1  # bump, keeping the old form verifiable, when the signed fields change
 OMS_FORMAT = "openssf-model-signing/v1.1"
 
 
@@ -168,20 +168,32 @@ def trusted_keys(
     base_dir: Path | None = None,
     config_source: str = "signing.public_key",
 ) -> list[PublicKey]:
-    """Every key a blessing may be signed with, in precedence order: --public-key, LEPTON_CI_PUBLIC_KEY,
-    signing.public_key in lepton.yml (several during a key rotation), and finally the public half of the
-    private key when this job holds one. No key at all is an empty list: the caller refuses."""
+    """The keys a blessing may be signed with: the FIRST source that names any, never a union.
+    --public-key, else LEPTON_CI_PUBLIC_KEY, else signing.public_key in lepton.yml (a list during a key
+    rotation), else the public half of the private key this job holds. A pinned key (flag or environment)
+    replaces the config's keys: lepton.yml may come from the pull request being deployed, and a key it adds
+    must not be trusted beside the pinned one. No key at all is an empty list: the caller refuses."""
     base = base_dir or Path.cwd()
-    keys = [parse_public_key(v, Path.cwd(), "--public-key") for v in explicit]
+    explicit = list(explicit)
+    if explicit:
+        return [parse_public_key(v, Path.cwd(), "--public-key") for v in explicit]
     env = os.environ.get(PUBLIC_KEY_ENV)
     if env:
-        keys.append(parse_public_key(env, Path.cwd(), PUBLIC_KEY_ENV))
-    keys += [parse_public_key(v, base, config_source) for v in config_values]
+        return [parse_public_key(v, Path.cwd(), PUBLIC_KEY_ENV) for v in _split_pem_list(env)]
+    keys = [parse_public_key(v, base, config_source) for v in config_values]
     if not keys:
         private = load_private_key()
         if private is not None:
             keys.append(private.public)
     return keys
+
+
+def _split_pem_list(value: str) -> list[str]:
+    """LEPTON_CI_PUBLIC_KEY may hold several PEM blocks (a key rotation) or one path."""
+    if "-----BEGIN" not in value:
+        return [value]
+    blocks = value.split("-----END PUBLIC KEY-----")
+    return [b.strip() + "\n-----END PUBLIC KEY-----\n" for b in blocks if "-----BEGIN" in b]
 
 
 def generate_pair(directory: Path, name: str = "lepton-signing", *, force: bool = False) -> tuple[Path, Path]:

@@ -40,6 +40,10 @@ class DeploySpec:
     smoke_request: dict[str, Any] | None = None
     image: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    private_copy: bool = False  # model_dir is a copy made for this deploy: the target deletes it when done
+
+
+COPY_PREFIX = "lepton-serve-"  # private copies live in the system temp dir under this prefix
 
 
 @runtime_checkable

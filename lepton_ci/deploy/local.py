@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from lepton_ci import v2client
-from lepton_ci.deploy.base import DeployFailed, DeploySpec
+from lepton_ci.deploy.base import COPY_PREFIX, DeployFailed, DeploySpec
 from lepton_ci.records import Deployment
 from lepton_ci.secrets import scrubbed_environ
 from lepton_ci.timeutil import utcnow
@@ -34,6 +36,68 @@ def _start_ticks(pid: int) -> str | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return None if fields[0] == "Z" else fields[19]
+
+
+SERVER_PREFIX = ["-I", "-m", "lepton_ci.serve"]
+
+
+def server_command(
+    model_dir: Path, model_file: str, framework: str, name: str, version: int, host: str, port: int, port_file: Path
+) -> list[str]:
+    """The model server's argv. `-I` keeps the working directory, PYTHONPATH and user site out of its
+    imports: a `joblib.py` in the checkout must not run inside the server that serves a blessed model."""
+    return [
+        sys.executable,
+        *SERVER_PREFIX,
+        "--model-dir",
+        str(model_dir),
+        "--model-file",
+        model_file,
+        "--framework",
+        framework,
+        "--name",
+        name,
+        "--version",
+        str(version),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--port-file",
+        str(port_file),
+    ]
+
+
+def is_server_command(cmd: Any) -> TypeGuard[list[str]]:
+    return (
+        isinstance(cmd, list)
+        and len(cmd) == 20
+        and all(isinstance(c, str) for c in cmd)
+        and cmd[0] == sys.executable
+        and cmd[1:4] == SERVER_PREFIX
+        and cmd[4:19:2]
+        == ["--model-dir", "--model-file", "--framework", "--name", "--version", "--host", "--port", "--port-file"]
+    )
+
+
+def _is_our_server(pid: int) -> bool:
+    """A pid from deployment.json is signalled only if that process is a lepton-ci model server."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"lepton_ci.serve" in argv
+
+
+def remove_model_copy(state: dict[str, Any]) -> None:
+    """Delete the private copy of the model a stopped server was serving (only one we made)."""
+    copy = state.get("model_copy")
+    if (
+        isinstance(copy, str)
+        and Path(copy).name.startswith(COPY_PREFIX)
+        and Path(copy).parent == Path(tempfile.gettempdir())
+    ):
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def process_alive(proc: dict[str, Any]) -> bool:
@@ -65,27 +129,16 @@ class LocalTarget:
             raise DeployFailed(
                 "the local target serves a model directory; none was given", Deployment(target=self.name)
             )
-        cmd = [
-            sys.executable,
-            "-m",
-            "lepton_ci.serve",
-            "--model-dir",
-            str(spec.model_dir),
-            "--model-file",
+        cmd = server_command(
+            spec.model_dir,
             spec.model_file,
-            "--framework",
             spec.framework,
-            "--name",
             spec.version.name,
-            "--version",
-            str(spec.version.version),
-            "--host",
+            spec.version.version,
             host,
-            "--port",
-            str(port),
-            "--port-file",
-            str(port_file),
-        ]
+            port,
+            port_file,
+        )
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:  # the server runs with no signing key or forge token in its environment
             proc = subprocess.Popen(
@@ -96,6 +149,7 @@ class LocalTarget:
                 start_new_session=True,
                 close_fds=True,
                 env=scrubbed_environ(),
+                cwd=run_dir,  # never the checkout: with -I nothing there is importable anyway
             )
         info = {
             "pid": proc.pid,
@@ -104,6 +158,7 @@ class LocalTarget:
             "log": str(log),
             "port_file": str(port_file),
             "host": host,
+            "model_copy": str(spec.model_dir) if spec.private_copy else None,
         }
         return proc, info
 
@@ -148,7 +203,7 @@ class LocalTarget:
         return checks
 
     def _stop_process(self, proc: dict[str, Any]) -> None:
-        if not process_alive(proc):
+        if not process_alive(proc) or not _is_our_server(proc["pid"]):
             return
         pid = proc["pid"]
         try:
@@ -175,6 +230,7 @@ class LocalTarget:
         ok = all(h["passed"] for h in health)
         if not ok:
             self._stop_process(info)
+            remove_model_copy(info)
         return info, health, ok
 
     def deploy(self, spec: DeploySpec, current: Deployment | None) -> Deployment:
@@ -213,11 +269,15 @@ class LocalTarget:
             raise DeployFailed(message, record)
         if running is not None and not fixed_port_clash:
             self._stop_process(running.state)
+        if running is not None:
+            remove_model_copy(running.state)
         return record
 
     def _restart(self, old: Deployment) -> bool:
+        """Start the previous server again with its own arguments, only if they are the model server's:
+        deployment.json is a file, and a command stored in it is not run as given."""
         cmd = old.state.get("command")
-        if not cmd:
+        if not is_server_command(cmd) or not isinstance(old.state.get("log"), str):
             return False
         port_file = Path(old.state["port_file"])
         port_file.unlink(missing_ok=True)
@@ -229,6 +289,7 @@ class LocalTarget:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env=scrubbed_environ(),
+                cwd=Path(old.state["log"]).parent,
             )
         old.state.update(pid=proc.pid, start_ticks=_start_ticks(proc.pid))
         return all(h["passed"] for h in self._wait_ready(proc, old.state, 60))
@@ -254,6 +315,7 @@ class LocalTarget:
 
     def stop(self, deployment: Deployment) -> Deployment:
         self._stop_process(deployment.state)
+        remove_model_copy(deployment.state)
         deployment.status = "stopped"
         deployment.health = []
         return deployment

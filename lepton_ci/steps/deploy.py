@@ -24,7 +24,7 @@ from typing import Any
 
 from lepton_ci import signing
 from lepton_ci.config import Config
-from lepton_ci.deploy.base import DeployFailed, DeploySpec, get_target
+from lepton_ci.deploy.base import COPY_PREFIX, DeployFailed, DeploySpec, get_target
 from lepton_ci.errors import StepFailed, TrustError, UserError
 from lepton_ci.fsutil import sha256_file, short_repr
 from lepton_ci.records import (
@@ -172,8 +172,44 @@ def _served_as(config: Config, mv: ModelVersion, gate: GateRecord | None) -> tup
                 f"refusing to deploy {mv.name} v{mv.version}: its metadata names {key} {short_repr(stored)}, "
                 f"but the gate blessed {short_repr(signed)}"
             )
-    framework = signed_framework or mv.metadata.get("framework") or config.framework
-    return _model_file(config, mv, signed_file or mv.metadata.get("model_file")), framework
+    # Only signed values choose: with no signed model file the version must hold exactly one file, and
+    # with no signed framework the config's applies (unsigned metadata never decides either).
+    if signed_file is None and len(mv.artifacts) != 1:
+        raise TrustError(
+            f"refusing to deploy {mv.name} v{mv.version}: it has several files and its gate record does not say "
+            "which one the server loads (set model.file in lepton.yml and run the gate again)"
+        )
+    return _model_file(config, mv, signed_file or mv.artifacts[0]["path"]), signed_framework or config.framework
+
+
+def private_copy(verified: Path, mv: ModelVersion) -> Path:
+    """A copy of the verified files that only this user can reach, checked again while copying, for the
+    server to load. The deploy cache sits in the workspace, which others (a shared runner directory, a
+    pull request's build step) may be able to write: files checked there could be swapped before the
+    server, a separate process, gets to read them. The copy lives in a fresh 0700 directory under the
+    system temp dir (sticky), so another user can neither change nor rename it."""
+    import hashlib
+
+    root = Path(tempfile.mkdtemp(prefix=COPY_PREFIX))
+    try:
+        for art in mv.artifacts:
+            dest = root / art["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            h = hashlib.sha256()
+            fd = os.open(verified / art["path"], os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as src, open(dest, "xb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            if h.hexdigest() != art["sha256"]:
+                raise TrustError(
+                    f"refusing to deploy {mv.name} v{mv.version}: {art['path']} changed while it was copied"
+                )
+            os.chmod(dest, 0o400)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root
 
 
 def _model_file(config: Config, mv: ModelVersion, name: Any) -> str:
@@ -283,7 +319,8 @@ def _deploy(
     target = get_target(section.get("target", "local"))
     spec = DeploySpec(
         version=mv,
-        model_dir=fetch_verified(config, mv, gate, keys),
+        model_dir=private_copy(fetch_verified(config, mv, gate, keys), mv),
+        private_copy=True,
         model_file=model_file,
         framework=framework,
         options=section,
@@ -293,8 +330,11 @@ def _deploy(
     current = current_deployment(config)
     try:
         record = target.deploy(spec, current)
-    except DeployFailed as exc:
-        exc.deployment.write(config.deployment_path.with_name("deployment.failed.json"))
+    except BaseException as exc:
+        if spec.model_dir is not None:  # a target that did not start keeps no copy of the files
+            shutil.rmtree(spec.model_dir, ignore_errors=True)
+        if isinstance(exc, DeployFailed):
+            exc.deployment.write(config.deployment_path.with_name("deployment.failed.json"))
         raise
     if problem:
         record.extra["unblessed"] = problem

@@ -40,6 +40,9 @@ class ProbeTarget:
     def deploy(self, spec: deploy_base.DeploySpec, current: Deployment | None) -> Deployment:
         assert spec.model_dir is not None
         SERVED.append((spec.model_dir / spec.model_file).read_bytes())
+        assert spec.private_copy and spec.model_dir.name.startswith(deploy_base.COPY_PREFIX)
+        assert spec.model_dir.stat().st_mode & 0o077 == 0, "the served copy is private to this user"
+        shutil.rmtree(spec.model_dir)  # a real target deletes its copy when the server stops
         return Deployment(target=self.name, model=spec.version.name, version=spec.version.version,
                           digest=spec.version.digest, endpoint="probe://", status="healthy", state={})
 

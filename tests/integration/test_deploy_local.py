@@ -129,3 +129,20 @@ def test_failed_rollout_keeps_the_old_version_serving(project: Path) -> None:
     assert cli("deploy", "status", cwd=project).code == 0
     assert json.loads(cli("registry", "show", "production", "--json", cwd=project).out)["version"] == 1
     assert old["endpoint"] == json.loads((project / ".lepton/deployment.json").read_text())["endpoint"]
+
+
+def test_the_server_imports_nothing_from_the_checkout_and_serves_a_private_copy(project: Path) -> None:
+    """A `joblib.py` in the repository must not run inside the server that loads a blessed model, and the
+    files the server loads are a private copy (another user cannot swap them after verification)."""
+    for step in ("train", "gate", "tag"):
+        assert cli(step, cwd=project, env=KEY, timeout=300).code == 0
+    (project / "joblib.py").write_text("open('SHADOW_RAN', 'w').write('ran')\nraise SystemExit('shadowed')\n")
+    r = cli("deploy", cwd=project, env=KEY, timeout=300)
+    assert r.code == 0, r
+    assert not any(project.rglob("SHADOW_RAN")), "a module from the checkout ran inside the model server"
+    dep = json.loads((project / ".lepton/deployment.json").read_text())
+    copy = Path(dep["state"]["model_copy"])
+    assert copy.is_dir() and copy.stat().st_mode & 0o077 == 0
+    assert "-I" in dep["state"]["command"]
+    assert cli("deploy", "stop", cwd=project).code == 0
+    assert not copy.exists()

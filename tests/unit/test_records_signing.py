@@ -403,3 +403,21 @@ def test_the_gate_signature_binds_the_model_signature(tmp_path):
     rec.signature["model_signature"]["digest"] = signing.bundle_digest(rec.signature["model_signature"]["bundle"])
     ok, reason = signing.verify(rec, public())
     assert ok is False and "changed after it was signed" in reason
+
+
+def test_a_pinned_key_replaces_the_keys_lepton_yml_names(monkeypatch, tmp_path):
+    """lepton.yml may come from the pull request being deployed: a key it adds must not join a pinned one."""
+    monkeypatch.delenv("LEPTON_CI_SIGNING_KEY", raising=False)
+    (tmp_path / "atk.pub").write_text(OTHER_PUBLIC_PEM)
+    (tmp_path / "real.pub").write_text(PUBLIC_PEM)
+    from_config = ["real.pub", "atk.pub"]
+    monkeypatch.setenv("LEPTON_CI_PUBLIC_KEY", PUBLIC_PEM)
+    keys = signing.trusted_keys(config_values=from_config, base_dir=tmp_path)
+    assert [k.key_id for k in keys] == [public()[0].key_id]
+    assert not signing.verify(signing.sign(make_gate(), private(OTHER_PRIVATE_PEM)), keys)[0]
+    keys = signing.trusted_keys(explicit=[str(tmp_path / "real.pub")], config_values=from_config, base_dir=tmp_path)
+    assert [k.key_id for k in keys] == [public()[0].key_id]
+    monkeypatch.setenv("LEPTON_CI_PUBLIC_KEY", PUBLIC_PEM + OTHER_PUBLIC_PEM)  # a rotation, pinned
+    assert len(signing.trusted_keys(config_values=from_config, base_dir=tmp_path)) == 2
+    monkeypatch.delenv("LEPTON_CI_PUBLIC_KEY")
+    assert len(signing.trusted_keys(config_values=from_config, base_dir=tmp_path)) == 2  # unpinned: the config's
