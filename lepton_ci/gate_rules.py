@@ -76,117 +76,57 @@ def evaluate_rule(
             )
             for k in kinds
         ]
-    results = []
     delta = None if base is None else observed - base
-    for kind in kinds:
-        t = rule[kind]
-        if kind == "min":
-            ok = observed >= t
-            results.append(
-                _result(
-                    metric,
-                    kind,
-                    t,
-                    observed,
-                    base,
-                    delta,
-                    ok,
-                    f"{observed:g} {'>=' if ok else '<'} min {t:g}",
-                    direction,
-                )
-            )
-        elif kind == "max":
-            ok = observed <= t
-            results.append(
-                _result(
-                    metric,
-                    kind,
-                    t,
-                    observed,
-                    base,
-                    delta,
-                    ok,
-                    f"{observed:g} {'<=' if ok else '>'} max {t:g}",
-                    direction,
-                )
-            )
-        elif baseline is None:
-            ok = first_run == "pass"
-            results.append(
-                _result(
-                    metric,
-                    kind,
-                    t,
-                    observed,
-                    None,
-                    None,
-                    ok,
-                    "no baseline (first run)" + ("" if ok else "; gate.first_run is fail"),
-                    direction,
-                )
-            )
-        elif base is None or delta is None:  # delta is None exactly when base is
-            results.append(
-                _result(metric, kind, t, observed, None, None, True, f"no baseline value for {metric!r}", direction)
-            )
-        else:
-            worse = -delta if direction == "higher" else delta  # > 0 means the candidate got worse
-            if kind == "max_drop":
-                ok = _at_most(worse, t)
-                what = f"drop {worse:g}" if worse > 0 else f"gain {-worse:g}" if worse < 0 else "no change"
-                results.append(
-                    _result(
-                        metric,
-                        kind,
-                        t,
-                        observed,
-                        base,
-                        delta,
-                        ok,
-                        f"{what} {'<=' if ok else '>'} max_drop {t:g}" if worse > 0 else f"{what}",
-                        direction,
-                    )
-                )
-            elif base == 0:
-                ok = rule.get("zero_baseline", "fail") == "pass"
-                results.append(
-                    _result(
-                        metric,
-                        kind,
-                        t,
-                        observed,
-                        base,
-                        delta,
-                        ok,
-                        "relative change undefined (baseline is 0)",
-                        direction,
-                    )
-                )
-            else:
-                pct = delta / abs(base) * 100.0
-                worse_pct = -pct if direction == "higher" else pct
-                ok = _at_most(worse_pct, t)
-                what = (
-                    f"drop {worse_pct:.3g}%"
-                    if worse_pct > 0
-                    else f"gain {-worse_pct:.3g}%"
-                    if worse_pct < 0
-                    else "no change"
-                )
-                results.append(
-                    _result(
-                        metric,
-                        kind,
-                        t,
-                        observed,
-                        base,
-                        delta,
-                        ok,
-                        f"{what} {'<=' if ok else '>'} max_drop_pct {t:g}%" if worse_pct > 0 else what,
-                        direction,
-                    )
-                )
-    return results
+    return [
+        _result(
+            metric,
+            kind,
+            rule[kind],
+            observed,
+            base,
+            delta,
+            *_verdict(kind, rule, observed, base, delta, baseline is not None, direction, first_run),
+            direction,
+        )
+        for kind in kinds
+    ]
+
+
+def _verdict(
+    kind: str,
+    rule: dict[str, Any],
+    observed: Any,
+    base: Any,
+    delta: Any,
+    has_baseline: bool,
+    direction: str,
+    first_run: str,
+) -> tuple[bool, str]:
+    """(passed, reason) of one constraint of a rule on a metric the candidate has."""
+    t = rule[kind]
+    if kind == "min":
+        ok = observed >= t
+        return ok, f"{observed:g} {'>=' if ok else '<'} min {t:g}"
+    if kind == "max":
+        ok = observed <= t
+        return ok, f"{observed:g} {'<=' if ok else '>'} max {t:g}"
+    if not has_baseline:
+        ok = first_run == "pass"
+        return ok, "no baseline (first run)" + ("" if ok else "; gate.first_run is fail")
+    if base is None or delta is None:  # delta is None exactly when base is
+        return True, f"no baseline value for {rule['metric']!r}"
+    worse = -delta if direction == "higher" else delta  # > 0 means the candidate got worse
+    if kind == "max_drop":
+        ok = _at_most(worse, t)
+        what = f"drop {worse:g}" if worse > 0 else f"gain {-worse:g}" if worse < 0 else "no change"
+        return ok, f"{what} {'<=' if ok else '>'} max_drop {t:g}" if worse > 0 else what
+    if base == 0:
+        return rule.get("zero_baseline", "fail") == "pass", "relative change undefined (baseline is 0)"
+    pct = delta / abs(base) * 100.0
+    worse_pct = -pct if direction == "higher" else pct
+    ok = _at_most(worse_pct, t)
+    what = f"drop {worse_pct:.3g}%" if worse_pct > 0 else f"gain {-worse_pct:.3g}%" if worse_pct < 0 else "no change"
+    return ok, f"{what} {'<=' if ok else '>'} max_drop_pct {t:g}%" if worse_pct > 0 else what
 
 
 def evaluate(
