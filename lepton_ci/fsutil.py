@@ -15,6 +15,7 @@ one-line `UserError` as a last line of defence.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -22,8 +23,10 @@ import os
 import re
 import reprlib
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lepton_ci.errors import UserError
 
@@ -222,3 +225,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, exclusive: bool = Fa
     (and nothing is written)."""
     data = _dumps(obj, str(path), indent=2, sort_keys=False) + b"\n"
     atomic_write_bytes(path, data, exclusive=exclusive)
+
+
+@contextlib.contextmanager
+def exclusive_lock(f: IO[Any], timeout_s: float, busy: Callable[[], Exception], poll_s: float = 0.05) -> Iterator[None]:
+    """Hold an exclusive flock on the open file `f`, waiting at most `timeout_s`; `busy()` is the error raised
+    when another process keeps it. The kernel drops the lock if the holder dies, so a killed writer never
+    leaves a stale lock behind."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise busy() from None
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,7 +8,6 @@ lepton-ci passing a newer record along does not strip it.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,11 +15,10 @@ from typing import Any, ClassVar, TypeVar
 
 from lepton_ci.errors import UserError
 from lepton_ci.fsutil import atomic_write_json, canonical_json, parse_json_strict, sha256_bytes, short_repr
-from lepton_ci.limits import RECORD_MAX_BYTES
+from lepton_ci.limits import RECORD_MAX_BYTES, read_limited
 
 R = TypeVar("R", bound="Record")
 
-MAX_RECORD_BYTES = RECORD_MAX_BYTES  # a record is metadata; anything bigger is an attack or a mistake
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -171,25 +169,18 @@ class Record:
         return cls.from_dict(read_json(p, f"{cls.KIND} record"), source=str(p))
 
 
-def read_json(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> Any:
-    """A bounded JSON read that turns every way it can fail into one line naming the file; the content
-    is parsed by `fsutil.loads_strict` (strict UTF-8, finite numbers only, no lone surrogates, bounded
-    nesting), so whatever it returns can be written back."""
+def read_json(path: Path, what: str, limit: int = RECORD_MAX_BYTES) -> Any:
+    """A bounded JSON read (`limits.read_limited`) that turns every way it can fail into one line naming
+    the file; the content is parsed by `fsutil.loads_strict` (strict UTF-8, finite numbers only, no lone
+    surrogates, bounded nesting), so whatever it returns can be written back."""
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size > limit:
-                raise UserError(
-                    f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path)
-                )
-            raw = f.read(limit + 1)
+        raw = read_limited(path, limit, what)
     except FileNotFoundError:
         raise UserError(f"{what} not found (expected a JSON file)", where=str(path)) from None
     except IsADirectoryError:
         raise UserError(f"{what} path is a directory, expected a JSON file", where=str(path)) from None
     except OSError as exc:
         raise UserError(f"cannot read {what}: {exc.strerror}", where=str(path)) from None
-    if len(raw) > limit:
-        raise UserError(f"{what} is larger than {limit // (1024 * 1024)} MiB; refusing to read it", where=str(path))
     return parse_json_strict(raw, what, str(path))
 
 

@@ -139,18 +139,7 @@ class LocalTarget:
             port,
             port_file,
         )
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:  # the server runs with no signing key or forge token in its environment
-            proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-                env=scrubbed_environ(),
-                cwd=run_dir,  # never the checkout: with -I nothing there is importable anyway
-            )
+        proc = _spawn(cmd, log, os.O_TRUNC)
         info = {
             "pid": proc.pid,
             "start_ticks": _start_ticks(proc.pid),
@@ -281,16 +270,7 @@ class LocalTarget:
             return False
         port_file = Path(old.state["port_file"])
         port_file.unlink(missing_ok=True)
-        with open(old.state["log"], "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=scrubbed_environ(),
-                cwd=Path(old.state["log"]).parent,
-            )
+        proc = _spawn(cmd, Path(old.state["log"]), os.O_APPEND)
         old.state.update(pid=proc.pid, start_ticks=_start_ticks(proc.pid))
         return all(h["passed"] for h in self._wait_ready(proc, old.state, 60))
 
@@ -319,6 +299,23 @@ class LocalTarget:
         deployment.status = "stopped"
         deployment.health = []
         return deployment
+
+
+def _spawn(cmd: list[str], log: Path, mode: int) -> subprocess.Popen[bytes]:
+    """Start a model server detached, logging to `log` (0600), in the log's directory (never the checkout:
+    with -I nothing there is importable anyway) and with no signing key or forge token in its environment."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | mode, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env=scrubbed_environ(),
+            cwd=log.parent,
+        )
 
 
 def _reap(pid: int) -> None:

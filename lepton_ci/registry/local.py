@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import hashlib
 import os
@@ -28,7 +27,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from lepton_ci.errors import NotFound, RegistryError, TransientError, UserError
-from lepton_ci.fsutil import CHUNK, JsonProblem, atomic_write_bytes, atomic_write_json, loads_strict, short_repr
+from lepton_ci.fsutil import (
+    CHUNK,
+    JsonProblem,
+    atomic_write_bytes,
+    atomic_write_json,
+    exclusive_lock,
+    loads_strict,
+    short_repr,
+)
 from lepton_ci.limits import read_limited
 from lepton_ci.registry.base import Stored
 from lepton_ci.registry.shared import ModelRegistry
@@ -287,20 +294,9 @@ class LocalStorage:
             f = open(d / ".lock", "a+")  # noqa: SIM115 - `with f` below; only mkdir/open errors map to _os_error
         except OSError as exc:
             raise _os_error(self.root, exc) from None
-        with f:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"model {name!r} in {self.root} is locked by another process") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        busy = lambda: RegistryError(f"model {name!r} in {self.root} is locked by another process")  # noqa: E731
+        with f, exclusive_lock(f, LOCK_TIMEOUT_S, busy):
+            yield
 
     # --- leftovers --------------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ OpenSSF model-signing signature over them must verify. `--allow-unblessed` skips
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from lepton_ci import signing
 from lepton_ci.config import Config
 from lepton_ci.deploy.base import COPY_PREFIX, DeployFailed, DeploySpec, get_target
 from lepton_ci.errors import StepFailed, TrustError, UserError
-from lepton_ci.fsutil import sha256_file, short_repr
+from lepton_ci.fsutil import exclusive_lock, sha256_file, short_repr
 from lepton_ci.records import (
     Deployment,
     GateRecord,
@@ -233,29 +232,23 @@ def _model_file(config: Config, mv: ModelVersion, name: Any) -> str:
 @contextlib.contextmanager
 def deployment_lock(config: Config) -> Iterator[None]:
     """One deploy, stop, status or rollback at a time per deployment.json (read-modify-write)."""
-    import time
-
     path = config.deployment_path.with_name(config.deployment_path.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"{config.deployment_path} is locked by another deploy") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    busy = lambda: UserError(f"{config.deployment_path} is locked by another deploy")  # noqa: E731
+    with open(path, "a+") as f, exclusive_lock(f, LOCK_TIMEOUT_S, busy, poll_s=0.1):
+        yield
 
 
 def current_deployment(config: Config) -> Deployment | None:
     path = config.deployment_path
     return Deployment.read(path) if path.is_file() else None
+
+
+def _recorded_deployment(config: Config) -> Deployment:
+    current = current_deployment(config)
+    if current is None:
+        raise UserError(f"no deployment recorded at {config.deployment_path}")
+    return current
 
 
 def _smoke_request(config: Config) -> dict[str, Any] | None:
@@ -349,9 +342,7 @@ def _deploy(
 
 def status(config: Config) -> Deployment:
     with deployment_lock(config):
-        current = current_deployment(config)
-        if current is None:
-            raise UserError(f"no deployment recorded at {config.deployment_path}")
+        current = _recorded_deployment(config)
         refreshed = get_target(current.target).status(current)
         refreshed.write(config.deployment_path)
         return refreshed
@@ -359,9 +350,7 @@ def status(config: Config) -> Deployment:
 
 def stop(config: Config) -> Deployment:
     with deployment_lock(config):
-        current = current_deployment(config)
-        if current is None:
-            raise UserError(f"no deployment recorded at {config.deployment_path}")
+        current = _recorded_deployment(config)
         stopped = get_target(current.target).stop(current)
         stopped.write(config.deployment_path)
         return stopped
@@ -372,9 +361,7 @@ def rollback(
 ) -> Deployment:
     """Deploy the previous version again (verified like any deploy) and move the alias back to it."""
     with deployment_lock(config):
-        current = current_deployment(config)
-        if current is None:
-            raise UserError(f"no deployment recorded at {config.deployment_path}")
+        current = _recorded_deployment(config)
         if not current.previous:
             raise UserError(f"{current.model} v{current.version} has no previous deployment to roll back to")
         previous_version = current.previous["version"]
