@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from lepton_ci.errors import UserError
@@ -37,8 +39,26 @@ def _strip_credentials(url: str) -> str:
     return re.sub(r"^(\w+://)[^@/]+@", r"\1", url)
 
 
+def ci_git_info(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """What the CI says it checked out, for images without git (GitLab's runner clones with its own helper
+    image, so a job image such as python:3.12-slim has the checkout but no git binary). `dirty` is unknown
+    (None): only git could tell."""
+    env = os.environ if env is None else env
+    sha = env.get("CI_COMMIT_SHA") or env.get("GITHUB_SHA") or None
+    ref = env.get("GITHUB_HEAD_REF") or env.get("CI_COMMIT_REF_NAME") or env.get("GITHUB_REF_NAME") or None
+    repo = env.get("CI_PROJECT_URL") or None
+    if not repo and env.get("GITHUB_REPOSITORY"):
+        repo = f"{env.get('GITHUB_SERVER_URL') or 'https://github.com'}/{env['GITHUB_REPOSITORY']}"
+    return {"sha": sha, "ref": ref, "repo": _strip_credentials(repo) if repo else None, "dirty": None}
+
+
 def git_info(cwd: Path) -> dict[str, object]:
-    """sha, ref, repo and dirty flag of the checkout at `cwd`; empty values outside a repo."""
+    """sha, ref, repo and dirty flag of the checkout at `cwd`; empty values outside a repo.
+
+    Without a git binary the CI's own variables answer (see `ci_git_info`): recording a run must not
+    depend on a tool only revision reads (`git:REF` baselines, `metrics diff`) really need."""
+    if shutil.which("git") is None:
+        return ci_git_info()
     if repo_root(cwd) is None:
         return {"sha": None, "ref": None, "repo": None, "dirty": None}
     head = _git(["rev-parse", "--verify", "--quiet", "HEAD"], cwd, check=False)

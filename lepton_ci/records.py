@@ -250,6 +250,42 @@ class GateRecord(Record):
     def passed(self) -> bool:
         return self.verdict == "pass"
 
+    def baseline_outputs(self) -> dict[str, str]:
+        """What the gate compared against, for CI outputs, the console and the report.
+
+        A CI user must be able to see from the step's outputs alone whether the gate compared against a
+        registry version or against nothing, so "none" always says why (disabled, first run, no metrics at
+        the git ref) and a registry baseline names its version and digest."""
+        base = self.baseline
+        source = str(base.get("source") or "none")
+        ref = "" if base.get("ref") is None else str(base.get("ref"))
+        version = "" if base.get("version") is None else str(base.get("version"))
+        if base.get("metrics") is None:
+            source_out = "none"
+            if source == "none":
+                text = "none (baseline disabled)"
+            elif source == "registry":
+                text = f"none (first run: no {ref!r} in the registry yet)"
+            elif source == "git":
+                text = f"none (no metrics files at git:{ref})"
+            else:
+                text = f"none ({source} {ref})"
+        else:
+            source_out = source
+            if source == "registry":
+                digest = str(base.get("digest") or "")
+                text = f"registry {ref} = v{version}" + (f" ({digest[:19]})" if digest else "")
+            elif source == "git":
+                text = f"git:{ref}"
+            else:
+                text = f"{source} {ref}"
+        return {
+            "baseline": text,
+            "baseline-source": source_out,
+            "baseline-ref": ref,
+            "baseline-version": version,
+        }
+
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "record") -> GateRecord:
         rec = super().from_dict(data, source=source)

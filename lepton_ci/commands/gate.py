@@ -30,17 +30,12 @@ def gate_cmd(
 
     config = config_from(ctx)
     record = gate(config, run_path=run_path, baseline=baseline, output=output)
-    emit({"verdict": record.verdict, "gate-json": str(output or config.gate_path)})
+    compared = record.baseline_outputs()
+    emit({"verdict": record.verdict, "gate-json": str(output or config.gate_path), **compared})
     if as_json:
         echo_json(record.to_dict())
     else:
-        base = record.baseline
-        desc = (
-            "none (first run)"
-            if base.get("metrics") is None
-            else f"{base.get('source')} {base.get('ref')}" + (f" (v{base['version']})" if base.get("version") else "")
-        )
-        click.echo(f"baseline: {desc}")
+        click.echo(f"baseline: {compared['baseline']}")
         for r in record.results:
             click.echo(status_line(r["passed"], f"{r['metric']} {r['rule']}: {r['reason']}"))
         if not record.results:

@@ -59,6 +59,11 @@ class ForgeAPI(Protocol):
         """Set commit status `context` on `sha`; state is success, failure, error or pending."""
         ...
 
+    def open_pull_requests_for(self, sha: str, branch: str | None) -> list[int]:
+        """Open PRs/MRs of this repository whose head is commit `sha` (and, when given, branch `branch`):
+        how a push/branch pipeline finds where its report belongs, like CML does."""
+        ...
+
 
 class ForgeAPIFactory(Protocol):
     """The constructor every ForgeAPI class has: what `FORGES` entries are called with."""

@@ -37,9 +37,13 @@ class ForgeContext:
     output_path: Path | None = None
     event: str | None = None
     project_url: str | None = None
+    branch: str | None = None  # the pushed branch in a branch pipeline / push event (for the PR lookup)
+    pr_found_by: str | None = None  # "event" (the CI named it) or "commit" (looked up from head_sha)
 
     def describe(self) -> str:
         target = f"#{self.pr_number}" if self.pr_number else "no pull/merge request"
+        if self.pr_number and self.pr_found_by == "commit":
+            target += " (found from the commit)"
         return f"{self.kind} {self.repository or '?'} {target}"
 
 
@@ -90,6 +94,10 @@ def _github(env: Mapping[str, str]) -> ForgeContext:
             ctx.pr_number = int(m.group(1))
     if isinstance(ctx.pr_number, str) and ctx.pr_number.isdigit():
         ctx.pr_number = int(ctx.pr_number)
+    if ctx.pr_number is not None:
+        ctx.pr_found_by = "event"
+    if env.get("GITHUB_REF", "").startswith("refs/heads/"):
+        ctx.branch = env["GITHUB_REF"][len("refs/heads/") :]
     head = pr.get("head") or {}
     head_repo = (head.get("repo") or {}).get("full_name")
     base_repo = ((pr.get("base") or {}).get("repo") or {}).get("full_name")
@@ -135,6 +143,8 @@ def _gitlab(env: Mapping[str, str]) -> ForgeContext:
         run_url=env.get("CI_PIPELINE_URL"),
         event=env.get("CI_PIPELINE_SOURCE"),
         project_url=env.get("CI_MERGE_REQUEST_PROJECT_URL") or env.get("CI_PROJECT_URL"),
+        branch=env.get("CI_COMMIT_BRANCH") or None,
+        pr_found_by="event" if iid and iid.isdigit() else None,
     )
     if token:
         ctx.can_write = True

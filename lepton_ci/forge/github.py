@@ -119,6 +119,25 @@ class GitHubAPI:
             lambda: self._http.request("POST", f"/repos/{self.repo}/statuses/{sha}", json_body=body, idempotent=True),
         )
 
+    def open_pull_requests_for(self, sha: str, branch: str | None) -> list[int]:
+        pages = self._http.paginate(f"/repos/{self.repo}/commits/{sha}/pulls", {"per_page": 100})
+        found: list[int] = []
+        while True:
+            pr = self._explain(
+                f"find the pull request of commit {sha[:12]}", "pull-requests: read", None, lambda: next(pages, None)
+            )
+            if pr is None:
+                return sorted(found)
+            head, base = pr.get("head") or {}, pr.get("base") or {}
+            if (
+                pr.get("state") == "open"
+                and head.get("sha") == sha
+                and (branch is None or head.get("ref") == branch)
+                and ((base.get("repo") or {}).get("full_name") or "").lower() == self.repo.lower()
+                and isinstance(pr.get("number"), int)
+            ):
+                found.append(pr["number"])
+
 
 if TYPE_CHECKING:  # mypy: GitHubAPI is a ForgeAPI, constructor included
     from lepton_ci.forge.base import ForgeAPIFactory

@@ -104,6 +104,29 @@ class GitLabAPI:
             "(CI_JOB_TOKEN cannot): store it as the masked CI/CD variable LEPTON_CI_GITLAB_TOKEN",
         )
 
+    def open_pull_requests_for(self, sha: str, branch: str | None) -> list[int]:
+        pages = self._http.paginate(
+            f"/projects/{self.project}/repository/commits/{sha}/merge_requests", {"per_page": 100}
+        )
+        found: list[int] = []
+        while True:
+            mr = self._explain(
+                f"find the merge request of commit {sha[:12]}",
+                None,
+                lambda: next(pages, None),
+                "looking up merge requests needs a token that can read the project (read_api or api scope)",
+            )
+            if mr is None:
+                return sorted(found)
+            if (
+                mr.get("state") == "opened"
+                and mr.get("sha") == sha
+                and (branch is None or mr.get("source_branch") == branch)
+                and mr.get("source_project_id") == mr.get("target_project_id")
+                and isinstance(mr.get("iid"), int)
+            ):
+                found.append(mr["iid"])
+
 
 if TYPE_CHECKING:  # mypy: GitLabAPI is a ForgeAPI, constructor included
     from lepton_ci.forge.base import ForgeAPIFactory

@@ -201,6 +201,26 @@ def _write_summary(path: Any, report: str, notices: list[str]) -> None:
         f.write(truncate(text, room, unit="bytes", what="job summary's 1 MiB limit") + "\n")
 
 
+def _find_pull_request(ctx: ForgeContext, result: PublishResult, http_options: dict[str, Any] | None) -> None:
+    """A push (GitHub) or branch pipeline (GitLab) carries no PR/MR number: ask the forge which open one has
+    this commit as its head, and post there. Exactly one match is used; none or several is a notice, and a
+    failed lookup is a notice too (the report itself is out either way, and the gate already decided)."""
+    assert ctx.head_sha is not None
+    try:
+        found = make_api(ctx, **(http_options or {})).open_pull_requests_for(ctx.head_sha, ctx.branch)
+    except ForgeError as exc:
+        result.notices.append(f"could not look up the pull/merge request of commit {ctx.head_sha[:12]}: {exc.message}")
+        return
+    if len(found) == 1:
+        ctx.pr_number, ctx.pr_found_by = found[0], "commit"
+    elif len(found) > 1:
+        listed = ", ".join(f"#{n}" for n in found)
+        result.notices.append(
+            f"commit {ctx.head_sha[:12]} is the head of several open pull/merge requests ({listed}): comment not "
+            "posted; run the report in the pull/merge request's own pipeline"
+        )
+
+
 def publish(
     report: str,
     ctx: ForgeContext,
@@ -220,6 +240,8 @@ def publish(
         for line in mask_commands(ctx.token):
             emit(line)
     result = PublishResult()
+    if post and ctx.pr_number is None and ctx.can_write and ctx.head_sha and ctx.kind in FORGES:
+        _find_pull_request(ctx, result, http_options)
     if post:
         if ctx.pr_number is None:
             result.notices.append(f"no pull/merge request in this {ctx.kind} run: comment not posted")

@@ -102,12 +102,10 @@ def build_context(
     baseline_text = None
     if gate:
         base = gate.baseline
-        if base.get("metrics") is None:
-            baseline_text = "none (first run)"
-        elif base.get("source") == "registry":
+        if base.get("metrics") is not None and base.get("source") == "registry":
             baseline_text = f"`{base.get('ref')}` = v{base.get('version')} (`{str(base.get('digest', ''))[:19]}`)"
-        else:
-            baseline_text = f"{base.get('source')} `{base.get('ref')}`"
+        else:  # the gate step's own `baseline` output, so the comment and the CI outputs say the same
+            baseline_text = gate.baseline_outputs()["baseline"]
         if base.get("note"):
             notes.append(str(base["note"]))
     src = run or None

@@ -154,9 +154,14 @@ def test_missing_config_and_bad_flag(tmp_path: Path) -> None:
 
 def test_gate_tag_registry_report_flow(project: Path) -> None:
     assert cli("train", "-p", "acc=0.9", cwd=project, env=KEY).code == 0
-    r = cli("gate", cwd=project, env=KEY)
+    dotenv = project / "gate.env"
+    r = cli("gate", cwd=project, env={**KEY, "LEPTON_CI_DOTENV": str(dotenv)})
     assert r.code == 0, r
     assert "no baseline (first run)" in r.out and "verdict: pass (signed)" in r.out
+    assert "baseline: none (first run: no 'production' in the registry yet)" in r.out
+    outputs = dict(line.split("=", 1) for line in dotenv.read_text().splitlines())
+    assert outputs["LEPTON_BASELINE_SOURCE"] == "none" and outputs["LEPTON_BASELINE_VERSION"] == ""
+    assert outputs["LEPTON_BASELINE_REF"] == "production" and outputs["LEPTON_VERDICT"] == "pass"
     gate = read(project / ".lepton/gate.json")
     assert gate["verdict"] == "pass" and gate["signature"]["alg"] == "ecdsa-p256-sha256"
     assert gate["baseline"]["metrics"] is None
@@ -168,9 +173,15 @@ def test_gate_tag_registry_report_flow(project: Path) -> None:
 
     # A better candidate passes against production; a worse one fails with exit 1.
     assert cli("train", "-p", "acc=0.92", cwd=project, env=KEY).code == 0
-    r = cli("gate", cwd=project, env=KEY)
+    github_output = project / "github-output"
+    github_output.write_text("")
+    r = cli("gate", cwd=project, env={**KEY, "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(github_output)})
     assert r.code == 0, r
     assert read(project / ".lepton/gate.json")["baseline"]["version"] == 1
+    assert "baseline: registry production = v1 (sha256:" in r.out
+    outputs = dict(line.split("=", 1) for line in github_output.read_text().splitlines())
+    assert outputs["baseline-source"] == "registry" and outputs["baseline-version"] == "1"
+    assert outputs["baseline"].startswith("registry production = v1 (sha256:")
     assert cli("tag", cwd=project, env=KEY).code == 0
 
     assert cli("train", "-p", "acc=0.8", cwd=project, env=KEY).code == 0
@@ -187,6 +198,7 @@ def test_gate_tag_registry_report_flow(project: Path) -> None:
     assert r.code == 0, r
     assert "<!-- lepton-ci:report model=toy -->" in r.out
     assert "gate failed" in r.out
+    assert "**Baseline:** `production` = v1 (`sha256:" in r.out
     assert "| `eval.accuracy` | 0.9 | 0.8 | -0.1 (-11.11%) | ▼ 🔴 |" in r.out
     assert "| `eval.loss` | 0.1 | 0.2 | +0.1 (+100.00%) | ▲ 🔴 |" in r.out
     assert "❌ | `eval.accuracy` | max_drop" in r.out
@@ -231,13 +243,14 @@ def test_gate_baseline_from_git_ref_and_run_file(project: Path) -> None:
     (project / "base-run.json").write_text((project / ".lepton/run.json").read_text())
     assert cli("train", "-p", "acc=0.7", cwd=project).code == 0
     r = cli("gate", "--baseline", "git:HEAD", cwd=project)
-    assert r.code == 1 and "baseline: git HEAD" in r.out, r
+    assert r.code == 1 and "baseline: git:HEAD" in r.out, r
     assert read(project / ".lepton/gate.json")["baseline"]["metrics"]["eval.accuracy"] == 0.9
     r = cli("gate", "--baseline", "base-run.json", cwd=project)
     assert r.code == 1 and "baseline: run base-run.json" in r.out, r
     assert_one_line_error(cli("gate", "--baseline", "git:nope", cwd=project), 2, "unknown git revision 'nope'")
     r = cli("gate", "--baseline", "none", cwd=project)
     assert r.code == 0, r
+    assert "baseline: none (baseline disabled)" in r.out
 
 
 def test_registry_errors(project: Path, tmp_path: Path) -> None:
@@ -302,3 +315,33 @@ def test_env_values_use_yaml_spelling(project: Path) -> None:
         "print('FLAG=' + os.environ['LEPTON_PARAM_FLAG'] + ' LIST=' + os.environ['LEPTON_PARAM_SIZES'])\n")
     r = cli("train", "-p", "flag=true", "-p", "sizes=[1, 2]", cwd=project)
     assert r.code == 0 and "FLAG=true LIST=[1, 2]" in r.out, r
+
+
+def test_train_and_gate_without_git_take_the_commit_from_the_ci(project: Path, tmp_path: Path) -> None:
+    """GitLab's Docker executor clones with its helper image, so the job image (python:3.12-slim) has the
+    checkout but no git binary: train and gate must still run, and record what the CI says it checked out.
+    Reading a revision (`git:REF`) still needs git and says so."""
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    no_git = tmp_path / "bin-without-git"
+    no_git.mkdir()
+    env = {
+        **KEY,
+        "PATH": str(no_git),
+        "GITLAB_CI": "true",
+        "CI_COMMIT_SHA": "0123456789abcdef0123456789abcdef01234567",
+        "CI_COMMIT_REF_NAME": "feature/x",
+        "CI_PROJECT_URL": "https://gitlab-ci-token:secret@gitlab.example/group/proj",
+    }
+    for var in ("GITHUB_SHA", "GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GITHUB_REPOSITORY"):
+        env[var] = ""
+    r = cli("train", cwd=project, env=env)
+    assert r.code == 0, r
+    git = read(project / ".lepton/run.json")["git"]
+    assert git == {
+        "sha": "0123456789abcdef0123456789abcdef01234567",
+        "ref": "feature/x",
+        "repo": "https://gitlab.example/group/proj",
+        "dirty": None,
+    }
+    assert cli("gate", cwd=project, env=env).code == 0
+    assert_one_line_error(cli("gate", "--baseline", "git:HEAD", cwd=project, env=env), 2, "git is not installed")

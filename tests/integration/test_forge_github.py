@@ -416,3 +416,42 @@ def test_comment_deleted_between_list_and_update_is_posted_anew(gh: GitHubStandI
     r = post_sticky(a, 7, "v2\n", MARKER)
     assert r["action"] == "created" and len(gh.calls("issues/create-comment")) == 2
     gh.assert_clean()
+
+
+def _push_event(gh: GitHubStandIn, tmp_path: Path, **extra: str) -> ForgeContext:
+    from lepton_ci.forge.detect import detect
+
+    event = tmp_path / "push.json"
+    event.write_text(json.dumps({"ref": "refs/heads/feature", "after": SHA, "repository": {"full_name": REPO}}))
+    return detect({"GITHUB_ACTIONS": "true", "GITHUB_API_URL": gh.url, "GITHUB_REPOSITORY": REPO, "GITHUB_SHA": SHA,
+                   "GITHUB_REF": "refs/heads/feature", "GITHUB_EVENT_NAME": "push", "GITHUB_EVENT_PATH": str(event),
+                   "GITHUB_WORKFLOW": "ci", "GITHUB_TOKEN": TOKEN, **extra})
+
+
+def test_push_event_finds_its_pull_request_from_the_commit(gh: GitHubStandIn, clock: Clock, tmp_path: Path) -> None:
+    gh.add_pull(8, SHA, "feature")
+    gh.add_pull(7, SHA, "feature", state="closed")
+    gh.add_pull(7, SHA, "elsewhere")
+    gh.add_pull(7, "e" * 40, "feature")
+    ctx = _push_event(gh, tmp_path)
+    assert ctx.pr_number is None and ctx.branch == "feature"
+    res = publish("r\n", ctx, model="toy", gate=None, emit=lambda s: None, http_options=clock.options())
+    assert res.notices == [] and res.comment and res.comment["action"] == "created"
+    assert ctx.pr_number == 8 and ctx.pr_found_by == "commit"
+    assert len(lepton_comments(gh, 8)) == 1 and lepton_comments(gh, 7) == []
+    assert [r["operation"] for r in gh.requests][0] == "repos/list-pull-requests-associated-with-commit"
+    gh.assert_clean()
+
+
+def test_push_event_with_several_or_no_pull_requests_posts_nothing(gh: GitHubStandIn, clock: Clock,
+                                                                  tmp_path: Path) -> None:
+    res = publish("r\n", _push_event(gh, tmp_path), model="toy", gate=None, emit=lambda s: None,
+                  http_options=clock.options())
+    assert res.comment is None and res.notices == ["no pull/merge request in this github run: comment not posted"]
+    gh.add_pull(7, SHA, "feature")
+    gh.add_pull(8, SHA, "feature", head_repo="someone/fork")  # head in a fork, base here: still this repo's PR
+    res = publish("r\n", _push_event(gh, tmp_path), model="toy", gate=None, emit=lambda s: None,
+                  http_options=clock.options())
+    assert res.comment is None and "several open pull/merge requests (#7, #8)" in res.notices[0]
+    assert gh.comments(7) == [] and gh.comments(8) == []
+    gh.assert_clean()

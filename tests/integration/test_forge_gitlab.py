@@ -221,3 +221,50 @@ def test_cli_form_serves_and_writes_state(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in state.read_text().splitlines()]
     assert [r["operation"] for r in rows] == ["notes/list", "notes/create", "notes/list", "notes/create", "notes/list"]
     assert rows[1]["status"] == 502 and rows[1]["fault"] == "502"
+
+
+def _branch_pipeline(gl: GitLabStandIn, **extra: str) -> ForgeContext:
+    from lepton_ci.forge.detect import detect
+
+    # A branch pipeline: GitLab sets no CI_MERGE_REQUEST_IID, so the merge request is looked up by commit.
+    return detect({"GITLAB_CI": "true", "CI_API_V4_URL": gl.url, "CI_PROJECT_ID": "4242", "CI_COMMIT_SHA": SHA,
+                   "CI_COMMIT_BRANCH": "feature", "CI_PIPELINE_SOURCE": "push", "CI_JOB_NAME": "lepton-report",
+                   "LEPTON_CI_GITLAB_TOKEN": TOKEN, **extra})
+
+
+def test_branch_pipeline_finds_its_merge_request_from_the_commit(gl: GitLabStandIn, clock: Clock) -> None:
+    other = "f" * 40
+    gl.add_merge_request(4, SHA, "feature")
+    gl.add_merge_request(3, SHA, "feature", state="merged")  # not open: never commented on
+    gl.add_merge_request(9, SHA, "other-branch")  # same commit pushed as another branch's head
+    gl.add_merge_request(3, other, "feature")  # another commit
+    ctx = _branch_pipeline(gl)
+    assert ctx.pr_number is None and ctx.branch == "feature"
+    res = publish("r\n", ctx, model="toy", gate=None, emit=lambda s: None, http_options=clock.options())
+    assert res.notices == [] and res.comment and res.comment["action"] == "created"
+    assert ctx.pr_number == 4 and ctx.describe() == "gitlab 4242 #4 (found from the commit)"
+    assert len(ours(gl, 4)) == 1 and ours(gl, 3) == []
+    [lookup] = gl.calls("commits/merge_requests")
+    assert lookup["path"].startswith(f"/api/v4/projects/4242/repository/commits/{SHA}/merge_requests")
+    gl.assert_clean()
+
+
+def test_branch_pipeline_without_one_open_merge_request_posts_nothing_and_says_why(gl: GitLabStandIn,
+                                                                                   clock: Clock) -> None:
+    res = publish("r\n", _branch_pipeline(gl), model="toy", gate=None, emit=lambda s: None,
+                  http_options=clock.options())
+    assert res.comment is None and res.notices == ["no pull/merge request in this gitlab run: comment not posted"]
+    gl.add_merge_request(3, SHA, "feature")
+    gl.add_merge_request(4, SHA, "feature", source_project_id=99)  # from a fork: lives elsewhere
+    gl.add_merge_request(3, SHA, "feature")
+    res = publish("r\n", _branch_pipeline(gl), model="toy", gate=None, emit=lambda s: None,
+                  http_options=clock.options())
+    assert res.comment is None and "several open pull/merge requests (#3, #3)" in res.notices[0]
+    assert gl.calls("notes/create") == []
+    # A token that cannot read the project: a notice naming the scope, not a failed report.
+    gl.fail("commits/merge_requests", 403)
+    res = publish("r\n", _branch_pipeline(gl), model="toy", gate=None, emit=lambda s: None,
+                  http_options=clock.options())
+    assert res.comment is None and res.notices[0].startswith("could not look up the pull/merge request of commit")
+    assert "read_api" in res.notices[0]
+    gl.assert_clean()

@@ -44,7 +44,7 @@ from tests.support import Reply, Request, StandIn, serve_main
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPEC = ROOT / ".cache" / "node" / "octokit" / "node_modules" / "@octokit" / "openapi" / "generated" / "api.github.com.json"
 IMPLEMENTED = ("issues/list-comments", "issues/create-comment", "issues/update-comment",
-               "repos/create-commit-status", "checks/create")
+               "repos/create-commit-status", "checks/create", "repos/list-pull-requests-associated-with-commit")
 COMMENT_LIMIT = 65_536
 DOCS = "https://docs.github.com/rest"
 OPENAPI_ONLY = {"nullable", "example", "examples", "discriminator", "xml", "externalDocs", "deprecated",
@@ -258,6 +258,7 @@ class GitHubStandIn(StandIn):
         self.comments_by_id: dict[int, dict[str, Any]] = {}
         self.statuses: list[dict[str, Any]] = []
         self.check_runs: list[dict[str, Any]] = []
+        self.pulls: list[dict[str, Any]] = []  # add_pull(): what the commit -> pull requests lookup answers
         self._ids = itertools.count(2_000_000_001)
         self._clock = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -297,6 +298,23 @@ class GitHubStandIn(StandIn):
         with self.lock:
             self.comments_by_id[cid] = {"issue": issue, "comment": c}
         return c
+
+    def add_pull(self, number: int, head_sha: str, head_ref: str, *, state: str = "open", base_ref: str = "main",
+                 head_repo: str | None = None) -> dict[str, Any]:
+        """A pull request the commit lookup finds: GitHub's own example item from the spec, with this pull
+        request's number, state, branches and repositories put in (so it stays a valid pull-request-simple)."""
+        pr = json.loads(json.dumps(self.api.spec["components"]["examples"]["pull-request-simple-items"]["value"][0]))
+        pr["number"], pr["state"], pr["id"] = number, state, next(self._ids)
+        pr["requested_teams"] = []  # GitHub's example team lacks `type`, which its own schema requires
+        pr["head"]["sha"], pr["head"]["ref"], pr["base"]["ref"] = head_sha, head_ref, base_ref
+        pr["head"]["label"], pr["base"]["label"] = f"{self.repo.split('/')[0]}:{head_ref}", f"octo:{base_ref}"
+        pr["head"]["repo"]["full_name"] = head_repo or self.repo
+        pr["base"]["repo"]["full_name"] = self.repo
+        pr["html_url"] = f"{self.origin}/{self.repo}/pull/{number}"
+        pr["url"] = f"{self.url}/repos/{self.repo}/pulls/{number}"
+        with self.lock:
+            self.pulls.append(pr)
+        return pr
 
     def seed(self, issue: int, count: int, body: str = "Unrelated review comment {i}") -> None:
         for i in range(count):
@@ -501,6 +519,14 @@ class GitHubStandIn(StandIn):
             held["comment"]["updated_at"] = self._now()
             return Reply(200, dict(held["comment"]), self._headers())
 
+    def op_repos_list_pull_requests_associated_with_commit(self, req: Request, params: dict[str, Any],
+                                                          query: dict[str, Any]) -> Reply:
+        sha = params["commit_sha"]
+        with self.lock:
+            found = [dict(p) for p in self.pulls if p["head"]["sha"] == sha]
+        per_page, page = query.get("per_page", 30), query.get("page", 1)
+        return Reply(200, found[(page - 1) * per_page: page * per_page], self._headers())
+
     def op_repos_create_commit_status(self, req: Request, params: dict[str, Any], query: dict[str, Any]) -> Reply:
         sha = params["sha"]
         if not re.fullmatch(r"[0-9a-f]{40}", sha):
@@ -572,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="", help="API path prefix, e.g. /api/v3 for GitHub Enterprise Server")
     parser.add_argument("--prs", default=None, help="comma-separated pull request numbers that exist (default: all)")
     parser.add_argument("--seed", action="append", default=[], metavar="ISSUE:COUNT", help="unrelated comments to start with")
+    parser.add_argument("--pull-for-commit", action="append", default=[], metavar="NUMBER:SHA:BRANCH",
+                        help="an open pull request whose head is SHA on BRANCH (for the commit lookup)")
 
     def make(args: argparse.Namespace) -> StandIn:
         s = GitHubStandIn(args.spec, repo=args.repo, tokens=set(args.token) if args.token else None,
@@ -581,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.seed:
             issue, _, count = item.partition(":")
             s.seed(int(issue), int(count or 1))
+        for item in args.pull_for_commit:
+            number, sha, branch = item.split(":", 2)
+            s.add_pull(int(number), sha, branch)
         return s
 
     return serve_main(make, parser, argv)

@@ -11,6 +11,11 @@ here as JSON Schema, from the documentation:
   - Commit statuses: https://docs.gitlab.com/api/commits/#set-the-pipeline-status-of-a-commit
     (POST /projects/:id/statuses/:sha with state pending|running|success|failed|canceled|skipped, name,
     target_url, description, ...)
+  - Merge requests of a commit: https://docs.gitlab.com/api/commits/#list-merge-requests-associated-with-a-commit
+    (GET /projects/:id/repository/commits/:sha/merge_requests; the merge request objects of
+    https://docs.gitlab.com/api/merge_requests/#list-merge-requests: id, iid, project_id, title, state
+    opened|closed|locked|merged, source_branch, target_branch, source_project_id, target_project_id, sha,
+    web_url, ...)
   - Authentication: https://docs.gitlab.com/api/rest/authentication/ (PRIVATE-TOKEN header or
     `Authorization: Bearer`), and the job token's limits: https://docs.gitlab.com/ci/jobs/ci_job_token/
     (a CI_JOB_TOKEN cannot create or edit notes: 403).
@@ -19,8 +24,9 @@ Every request is validated (unknown routes 404, bad parameters 400, missing auth
 contract violations go to `violations`. Responses are validated against the note and status schemas.
 
 CLI (for gitlab-ci-local pipelines): python -m tests.support.gitlab_standin --port P --state FILE
-[--token T] [--job-token T] [--project 4242] [--mrs 1,2] [--seed 1:250] [--fault OP=SPEC]...
-Operation names for faults: notes/list, notes/create, notes/update, statuses/create.
+[--token T] [--job-token T] [--project 4242] [--mrs 1,2] [--seed 1:250] [--mr-for-commit IID:SHA:BRANCH]
+[--fault OP=SPEC]...
+Operation names for faults: notes/list, notes/create, notes/update, statuses/create, commits/merge_requests.
 """
 
 from __future__ import annotations
@@ -90,15 +96,37 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
                        "allow_failure": {"type": "boolean"}, "coverage": {"type": ["number", "null"]}, "author": _USER},
     },
+    "merge_request": {
+        "type": "object",
+        "required": ["id", "iid", "project_id", "title", "state", "source_branch", "target_branch",
+                     "source_project_id", "target_project_id", "sha", "web_url", "author", "created_at", "updated_at",
+                     "draft", "merge_status", "references"],
+        "properties": {"id": {"type": "integer"}, "iid": {"type": "integer"}, "project_id": {"type": "integer"},
+                       "title": {"type": "string"}, "description": {"type": ["string", "null"]},
+                       "state": {"enum": ["opened", "closed", "locked", "merged"]},
+                       "source_branch": {"type": "string"}, "target_branch": {"type": "string"},
+                       "source_project_id": {"type": "integer"}, "target_project_id": {"type": "integer"},
+                       "sha": {"type": "string", "pattern": "^[0-9a-f]{40}$"}, "web_url": {"type": "string"},
+                       "author": _USER, "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+                       "draft": {"type": "boolean"}, "merge_status": {"type": "string"},
+                       "references": {"type": "object", "required": ["short", "relative", "full"]}},
+    },
+    "commits/merge_requests:query": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"per_page": {"type": "integer", "minimum": 1, "maximum": 100},
+                       "page": {"type": "integer", "minimum": 1}},
+    },
     "error": {"type": "object", "anyOf": [{"required": ["message"]}, {"required": ["error"]}]},
 }
 SCHEMAS["notes"] = {"type": "array", "items": SCHEMAS["note"]}
+SCHEMAS["merge_requests"] = {"type": "array", "items": SCHEMAS["merge_request"]}
 
 ROUTES = [  # (method, regex over the path after /api/v4, operation)
     ("GET", re.compile(r"^/projects/([^/]+)/merge_requests/([^/]+)/notes$"), "notes/list"),
     ("POST", re.compile(r"^/projects/([^/]+)/merge_requests/([^/]+)/notes$"), "notes/create"),
     ("PUT", re.compile(r"^/projects/([^/]+)/merge_requests/([^/]+)/notes/([^/]+)$"), "notes/update"),
     ("POST", re.compile(r"^/projects/([^/]+)/statuses/([^/]+)$"), "statuses/create"),
+    ("GET", re.compile(r"^/projects/([^/]+)/repository/commits/([^/]+)/merge_requests$"), "commits/merge_requests"),
 ]
 
 
@@ -125,6 +153,7 @@ class GitLabStandIn(StandIn):
         self.mrs = mrs
         self.notes_by_id: dict[int, dict[str, Any]] = {}
         self.statuses: list[dict[str, Any]] = []
+        self.merge_requests: list[dict[str, Any]] = []  # add_merge_request(): what the commit lookup answers
         self._ids = itertools.count(500_001)
         self._clock = datetime(2025, 1, 1, tzinfo=timezone.utc)
         self._validators = {k: jsonschema.Draft7Validator(v) for k, v in SCHEMAS.items()}
@@ -152,6 +181,21 @@ class GitLabStandIn(StandIn):
         with self.lock:
             self.notes_by_id[nid] = n
         return n
+
+    def add_merge_request(self, iid: int, sha: str, source_branch: str, *, state: str = "opened",
+                          target_branch: str = "main", source_project_id: int | None = None) -> dict[str, Any]:
+        """A merge request whose head is `sha`, for the commit -> merge requests lookup."""
+        now = self._now()
+        mr = {"id": 70_000 + iid, "iid": iid, "project_id": self.project_id, "title": f"Change {iid}",
+              "description": "", "state": state, "source_branch": source_branch, "target_branch": target_branch,
+              "source_project_id": source_project_id or self.project_id, "target_project_id": self.project_id,
+              "sha": sha, "web_url": f"{self.origin}/{self.project_path}/-/merge_requests/{iid}",
+              "author": self._user(self.HUMAN), "created_at": now, "updated_at": now, "draft": False,
+              "merge_status": "can_be_merged",
+              "references": {"short": f"!{iid}", "relative": f"!{iid}", "full": f"{self.project_path}!{iid}"}}
+        with self.lock:
+            self.merge_requests.append(mr)
+        return mr
 
     def seed(self, issue: int, count: int, body: str = "Unrelated review note {i}") -> None:
         for i in range(count):
@@ -232,10 +276,10 @@ class GitLabStandIn(StandIn):
         # parameters
         query = dict(req.query)
         params: dict[str, Any] = {}
-        if op == "notes/list":
+        if req.method == "GET":
             for k, v in query.items():
                 params[k] = int(v) if k in ("per_page", "page") and re.fullmatch(r"\d+", v) else v
-            errs = list(self._validators["notes/list:query"].iter_errors(params))
+            errs = list(self._validators[f"{op}:query"].iter_errors(params))
             if errs:
                 return bad(400, f"query: {errs[0].message}", {"error": errs[0].message})
         else:
@@ -260,7 +304,13 @@ class GitLabStandIn(StandIn):
             reply = self.apply_fault(fault, entry, lambda s, msg: self._error(s, msg))
             if reply is not None:
                 return reply
-        if op == "notes/list":
+        if op == "commits/merge_requests":
+            sha = groups[1]
+            with self.lock:
+                found = [dict(mr) for mr in self.merge_requests if mr["sha"] == sha]
+            per_page, page = params.get("per_page", 20), params.get("page", 1)
+            reply = self._checked("merge_requests", Reply(200, found[(page - 1) * per_page: page * per_page]))
+        elif op == "notes/list":
             reply = self._checked("notes", self._list(req, iid, params))
         elif op == "notes/create":
             reply = self._create(iid, params)
@@ -339,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-project", action="store_true", help="404 for other project ids (default: any id)")
     parser.add_argument("--mrs", default=None, help="comma-separated merge request iids that exist (default: all)")
     parser.add_argument("--seed", action="append", default=[], metavar="IID:COUNT", help="unrelated notes to start with")
+    parser.add_argument("--mr-for-commit", action="append", default=[], metavar="IID:SHA:BRANCH",
+                        help="an open merge request whose head is SHA on BRANCH (for the commit lookup)")
 
     def make(args: argparse.Namespace) -> StandIn:
         s = GitLabStandIn(project_id=args.project, project_path=args.project_path,
@@ -350,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.seed:
             iid, _, count = item.partition(":")
             s.seed(int(iid), int(count or 1))
+        for item in args.mr_for_commit:
+            iid, sha, branch = item.split(":", 2)
+            s.add_merge_request(int(iid), sha, branch)
         return s
 
     return serve_main(make, parser, argv)

@@ -38,7 +38,7 @@ def test_a_class_missing_protocol_members_is_refused(monkeypatch: pytest.MonkeyP
     import lepton_ci.forge.base as base
 
     monkeypatch.setattr(base, "Half", Half, raising=False)
-    with pytest.raises(UserError, match="lacks create_comment, http, set_status, update_comment"):
+    with pytest.raises(UserError, match="lacks create_comment, http, open_pull_requests_for, set_status, update_comment"):
         load({"half": "lepton_ci.forge.base:Half"}, "half", "forge", protocol=ForgeAPI)
 
 
