@@ -148,11 +148,12 @@ class Storage(Protocol):
         """Where a manifest lives, for messages (a path, a URL)."""
         ...
 
-    def put_blob(self, src: Path) -> tuple[str, int]:
-        """Store a file by content, hashing while copying; returns (hex sha256, size)."""
+    def put_blob(self, name: str, src: Path) -> tuple[str, int]:
+        """Store a file by content for model `name`, hashing while copying; returns (hex sha256, size).
+        (OCI registries keep blobs per repository, and each model is its own repository.)"""
         ...
 
-    def open_blob(self, digest_hex: str) -> BinaryIO | None:
+    def open_blob(self, name: str, digest_hex: str) -> BinaryIO | None:
         """A readable stream of a blob's bytes, or None when no such blob is stored. Unverified."""
         ...
 
@@ -166,6 +167,12 @@ class Storage(Protocol):
 
     def history_location(self, name: str) -> str:
         """Where the history lives, for `file:line` messages."""
+        ...
+
+    def publish_alias(self, name: str, alias: str, number: int) -> None:
+        """Mirror an alias move where the backend's own tools can see it (an OCI tag, so `oras pull
+        REPO/MODEL:production` works). The history stays the record; a backend without such a place does
+        nothing."""
         ...
 
     def lock(self, name: str) -> AbstractContextManager[None]:

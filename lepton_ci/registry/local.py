@@ -216,10 +216,13 @@ class LocalStorage:
     def manifest_location(self, name: str, number: int) -> str:
         return str(self._manifest(name, number))
 
+    def publish_alias(self, name: str, alias: str, number: int) -> None:
+        """The history file is where file:// keeps aliases; there is no second place to mirror them to."""
+
     # --- blobs ------------------------------------------------------------------------------------------
 
     @_fs
-    def put_blob(self, src: Path) -> tuple[str, int]:
+    def put_blob(self, name: str, src: Path) -> tuple[str, int]:
         """Copy a file into the blob store, hashing as it goes. The copy always replaces an existing blob
         of the same digest: same bytes when that blob is sound, a repair when it rotted, and a fresh mtime
         either way so `gc` does not take it from under a running tag."""
@@ -247,7 +250,7 @@ class LocalStorage:
             raise
 
     @_fs
-    def open_blob(self, digest_hex: str) -> BinaryIO | None:
+    def open_blob(self, name: str, digest_hex: str) -> BinaryIO | None:
         try:
             return open(self._blob(digest_hex), "rb")
         except FileNotFoundError:

@@ -38,7 +38,10 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 NUMBER_REF_RE = re.compile(r"v?([0-9]{1,18})")
 MIN_PREFIX_HEX = 4
 ACTIONS = ("move", "rollback")
-RESERVED_ALIASES = ("latest",)
+# `latest` is a reference of its own; on oci:// `lepton-history` is the history's tag and v<N>-<digest12>
+# are version tags, so an alias may not take those names (on any backend, so a registry can move between them).
+RESERVED_ALIASES = ("latest", "lepton-history")
+VERSION_LIKE_RE = re.compile(r"v[0-9].*")
 
 
 # --- names ----------------------------------------------------------------------------------------------
@@ -55,9 +58,15 @@ def check_name(name: Any) -> str:
 
 def check_alias(alias: Any) -> str:
     """An alias name; `latest` is reserved because it is a reference of its own."""
-    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias in RESERVED_ALIASES:
+    if (
+        not isinstance(alias, str)
+        or not ALIAS_RE.fullmatch(alias)
+        or alias in RESERVED_ALIASES
+        or VERSION_LIKE_RE.fullmatch(alias)
+    ):
         raise UserError(
-            f"alias {short_repr(alias)} is not valid (lower case letter first, then letters, digits, _ -; not 'latest')"
+            f"alias {short_repr(alias)} is not valid (lower case letter first, then letters, digits, _ -; not "
+            "'latest' or 'lepton-history', and not v<digit>…, which reads as a version)"
         )
     return alias
 
@@ -482,6 +491,7 @@ class ModelRegistry:
         canonical_json(new)  # a reason or actor that is not Unicode text (a lone surrogate) is a UserError now,
         # not a history that every later read refuses
         self.storage.write_history(name, history_text(events + [new]))
+        self.storage.publish_alias(name, alias, version)
         return event
 
     def move_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> AliasEvent:
@@ -543,7 +553,7 @@ class ModelRegistry:
         for rel, src in files:
             if not Path(src).is_file():
                 raise UserError(f"artifact not found: {src}")
-            digest, size = self.storage.put_blob(Path(src))
+            digest, size = self.storage.put_blob(name, Path(src))
             stored.append({"path": rel, "sha256": digest, "size": size})
         problems = _artifact_problems(stored)
         if problems:
@@ -586,10 +596,10 @@ class ModelRegistry:
 
     # blobs
 
-    def _verify_blob(self, art: dict[str, Any], sink: Any, what: str) -> None:
+    def _verify_blob(self, name: str, art: dict[str, Any], sink: Any, what: str) -> None:
         """Stream a blob into `sink` (a writable file or None), hashing as it goes; raise unless its bytes
         are exactly the ones the manifest names. Stops early once it has read more than the manifest's size."""
-        stream = self.storage.open_blob(art["sha256"])
+        stream = self.storage.open_blob(name, art["sha256"])
         if stream is None:
             raise RegistryError(
                 f"blob {art['sha256'][:12]} of {what} ({art['path']}) is missing; run `lepton-ci registry check`"
@@ -636,7 +646,7 @@ class ModelRegistry:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    self._verify_blob(art, out, what)
+                    self._verify_blob(name, art, out, what)
                 os.replace(tmp, target)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -678,7 +688,7 @@ class ModelRegistry:
                     key = (art["sha256"], art["size"])
                     if key not in blob_verdicts:
                         try:
-                            self._verify_blob(art, None, where)
+                            self._verify_blob(name, art, None, where)
                             blob_verdicts[key] = None
                         except LeptonError as exc:
                             blob_verdicts[key] = _blob_problem(exc)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from lepton_ci.fsutil import sha256_bytes
 from lepton_ci.records import ModelVersion, artifacts_digest
 from lepton_ci.registry import BACKENDS, Storage, open_registry
 from lepton_ci.registry.local import MARKER, LocalRegistry, LocalStorage
+from lepton_ci.registry.oci import VERSION_LAYER, OciRegistry, OciStorage
 from lepton_ci.registry.shared import ModelRegistry, event_digest, parse_history
+from tests.support.oci_registry import RegistryServer
 
 NAME = "digits"
-BACKEND_NAMES = ["file"]  # the OCI backend adds "oci"
+BACKEND_NAMES = ["file", "oci"]
 
 
 def artifact(tmp_path: Path, content: bytes, rel: str = "model.bin") -> tuple[str, Path]:
@@ -67,12 +70,68 @@ class FileTamper:
         return digest
 
 
+class OciTamper:
+    """Edits an oci:// registry as an attacker with push rights (or write access to its storage) would: a
+    rewritten version is re-tagged with its new digest, so only lepton-ci's own checks can tell."""
+
+    def __init__(self, registry: ModelRegistry, server: RegistryServer) -> None:
+        self.storage: OciStorage = registry.storage  # type: ignore[assignment]
+        self.client = self.storage.client
+        self.server = server
+
+    def _tag(self, name: str, number: int) -> str:
+        tag = self.storage._version_tag(name, number)
+        assert tag, f"no tag for v{number}"
+        return tag
+
+    def manifest(self, name: str, number: int) -> dict[str, Any]:
+        repo, tag = self.storage._repo(name), self._tag(name, number)
+        oci = self.storage._manifest(name, tag)
+        layer = self.storage._layer(name, tag, oci, VERSION_LAYER)
+        return json.loads(self.client.read_blob(repo, layer["digest"], 1 << 24))
+
+    def replace_manifest(self, name: str, number: int, data: dict[str, Any]) -> None:
+        repo, tag = self.storage._repo(name), self._tag(name, number)
+        raw = json.dumps(data, indent=2).encode()
+        oci = self.storage._manifest(name, tag)
+        for layer in oci["layers"]:
+            if layer["mediaType"] == VERSION_LAYER:
+                layer["digest"], layer["size"] = self.client.push_bytes(repo, raw), len(raw)
+        digest = data.get("digest")
+        new_tag = f"v{number}-{digest.removeprefix('sha256:')[:12]}" if isinstance(digest, str) else tag
+        old_digest = self.client.manifest_digest(repo, tag)
+        new_digest = self.client.put_manifest(repo, new_tag, json.dumps(oci).encode())
+        if new_tag != tag and old_digest != new_digest:
+            self.client.delete_manifest(repo, old_digest)  # drops the old version tag (and alias mirrors)
+
+    def delete_manifest(self, name: str, number: int) -> None:
+        repo = self.storage._repo(name)
+        self.client.delete_manifest(repo, self.client.manifest_digest(repo, self._tag(name, number)))
+
+    def replace_blob(self, digest_hex: str, data: bytes) -> None:
+        self.server.blob_path(digest_hex).write_bytes(data)
+
+    def delete_blob(self, digest_hex: str) -> None:
+        self.server.blob_path(digest_hex).unlink()
+
+    def add_orphan_blob(self, data: bytes) -> str:
+        raise NotImplementedError("an OCI registry cannot list blobs; the tests that use this are file:// only")
+
+
 @dataclass
 class Backend:
     name: str
     url: str
     registry: ModelRegistry
-    tamper: FileTamper
+    tamper: FileTamper | OciTamper
+
+
+@pytest.fixture()
+def oci_server(tmp_path: Path) -> Iterator[RegistryServer]:
+    """A registry of its own per test (it starts in well under a second): blobs are shared by every
+    repository of a server, so a test that corrupts one must not corrupt the next test's."""
+    with RegistryServer(tmp_path / "oci-registry") as server:
+        yield server
 
 
 @pytest.fixture(params=BACKEND_NAMES)
@@ -81,7 +140,17 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         root = tmp_path / "registry"
         url = f"file://{root}"
         return Backend("file", url, open_registry(url, tmp_path, create=True), FileTamper(root))
+    if request.param == "oci":
+        server = request.getfixturevalue("oci_server")
+        url = server.url("team/models")
+        reg = open_registry(url, tmp_path, create=True)
+        return Backend("oci", url, reg, OciTamper(reg, server))
     raise AssertionError(request.param)
+
+
+# For tests of what only file:// has (listing blobs, temporary files, gc of blobs): an OCI registry has no blob
+# listing and collects its own garbage, so those tests run on file:// alone.
+FILE_ONLY = pytest.mark.parametrize("backend", ["file"], indirect=True)
 
 
 @pytest.fixture()
@@ -130,6 +199,8 @@ def test_backends_are_a_table_loaded_through_plugins(backend):
     if backend.name == "file":
         assert isinstance(backend.registry, LocalRegistry) and LocalRegistry.storage_class is LocalStorage
         assert isinstance(backend.registry.storage, LocalStorage)
+    else:
+        assert isinstance(backend.registry, OciRegistry) and isinstance(backend.registry.storage, OciStorage)
     assert backend.registry.url == backend.url
 
 
@@ -143,10 +214,6 @@ def test_the_layers_import_without_a_cycle():
     assert not hasattr(base, "open_registry")
 
 
-def test_oci_is_not_available_yet(tmp_path):
-    with pytest.raises(RegistryError, match="not available in this release yet") as info:
-        open_registry("oci://registry.example:5000/team/models", tmp_path)
-    assert not isinstance(info.value, NotFound)
 
 
 def test_version_numbers_and_get_by_number_read_one_manifest(registry, tmp_path, monkeypatch):
@@ -411,6 +478,7 @@ def test_reads_refuse_a_broken_chain(populated):
 # --- gc ------------------------------------------------------------------------------------------------------
 
 
+@FILE_ONLY
 def test_gc_removes_unreferenced_blobs_only_when_applied_and_old_enough(registry, tamper, tmp_path):
     versions = push_n(registry, tmp_path, 2)
     referenced = {a["sha256"] for v in versions for a in v.artifacts}
@@ -429,6 +497,7 @@ def test_gc_removes_unreferenced_blobs_only_when_applied_and_old_enough(registry
     assert registry.fetch(NAME, 1, tmp_path / "out")
 
 
+@FILE_ONLY
 def test_gc_refuses_when_a_manifest_is_too_damaged_to_tell_its_blobs(registry, tamper, tmp_path):
     push_n(registry, tmp_path, 2)
     data = tamper.manifest(NAME, 1)
@@ -440,6 +509,7 @@ def test_gc_refuses_when_a_manifest_is_too_damaged_to_tell_its_blobs(registry, t
     assert len(registry.storage.blobs()) == 3
 
 
+@FILE_ONLY
 def test_gc_keeps_blobs_a_damaged_manifest_still_names(registry, tamper, tmp_path):
     v1, _ = push_n(registry, tmp_path, 2)
     data = tamper.manifest(NAME, 1)
@@ -536,6 +606,7 @@ def test_fetch_with_a_missing_blob_is_a_registry_error(registry, tamper, tmp_pat
         registry.fetch(NAME, 1, tmp_path / "out")
 
 
+@FILE_ONLY
 def test_same_content_is_stored_once(registry, tmp_path):
     registry.push(NAME, [artifact(tmp_path, b"same", "a.bin")], {"n": 1})
     registry.push(NAME, [artifact(tmp_path, b"same", "a.bin")], {"n": 2})
@@ -667,6 +738,7 @@ def test_check_reports_an_alias_pointing_at_a_lost_version(populated, tamper):
     assert any("points at missing version 1" in p.message for p in problems)
 
 
+@FILE_ONLY
 def test_check_reports_an_orphan_blob_as_a_warning_only(populated, tamper):
     orphan = tamper.add_orphan_blob(b"left by an interrupted tag")
     problems = populated.check()

@@ -1,0 +1,1 @@
+"""OCI distribution: the client the `oci://` registry and the image builder share."""
