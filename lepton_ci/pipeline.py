@@ -60,6 +60,8 @@ def run_pipeline(
             elif step == "gate":
                 g = gate(config)
                 result.outputs["verdict"] = g.verdict
+                result.outputs.update(g.baseline_outputs())
+                log(f"  baseline: {g.baseline_outputs()['baseline']}")
                 for r in g.results:
                     log(f"  {'✔' if r['passed'] else '✘'} {r['metric']} {r['rule']}: {r['reason']}")
                 if not g.passed:

@@ -54,7 +54,9 @@ SECRET_ENV_VARS: tuple[str, ...] = (
 )
 
 #: Any variable whose name starts with this is secret (LEPTON_CI_SIGNING_KEY and all its variants).
-SECRET_PREFIXES: tuple[str, ...] = ("LEPTON_CI_SIGNING_KEY",)
+#: The CI wrappers pass the `signing-key` input under these names before exporting it (an input wins over
+#: the job's variable only when it is not empty), so they are the key too.
+SECRET_PREFIXES: tuple[str, ...] = ("LEPTON_CI_SIGNING_KEY", "LEPTON_INPUT_SIGNING_KEY", "LEPTON_CI_INPUT_SIGNING_KEY")
 
 # Variables whose value is a path or URL, not key material: stripped from children (the path leads to
 # the key), but their value is not masked, since masking a path would only garble error messages.

@@ -22,8 +22,12 @@ def test_run_twice_then_a_regression_is_held_back(tmp_path: Path) -> None:
     assert (root / ".lepton/report.md").read_text() == r.out
     assert cli("registry", "promote", "1", "production", cwd=root).code == 0
 
-    r = cli("run", "-p", "acc=0.5", cwd=root, env=KEY)
+    dotenv = root / "run.env"
+    r = cli("run", "-p", "acc=0.5", cwd=root, env={**KEY, "LEPTON_CI_DOTENV": str(dotenv)})
     assert_one_line_error(r, 1, "gate failed: eval.accuracy max_drop")
+    assert "  baseline: registry production = v1 (sha256:" in r.err
+    outputs = dict(line.split("=", 1) for line in dotenv.read_text().splitlines())
+    assert outputs["LEPTON_BASELINE_SOURCE"] == "registry" and outputs["LEPTON_BASELINE_VERSION"] == "1"
     assert "- tag: skipped (gate failed)" in r.err
     assert "gate failed" in r.out and "### Version" not in r.out  # the held-back run has no version
     versions = json.loads(cli("registry", "list", "--json", cwd=root).out)

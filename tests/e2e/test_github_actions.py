@@ -6,8 +6,14 @@ which checks every request against GitHub's OpenAPI description.
   as a rerun of the same pull request (one sticky comment created, then updated in place), then once more
   after a push that fails the gate (the job fails, the report still updates the comment);
 - the umbrella action (`lepton/ci@v1`, `step: run`) on another pull request;
+- the act command line of docs/github-actions.md as printed, with docs/examples/github/pull_request.json;
+- settings precedence (tests/e2e/workflows/checks/settings.yml): a job-level LEPTON_CI_REGISTRY and
+  LEPTON_CI_CONFIG reach every action given no input, a non-empty input wins; `lepton-ci` is on PATH for
+  plain `run:` steps; the gate's outputs name its baseline;
+- fail closed (checks/fail-closed.yml): an unreadable registry, as an input or as the job's env, fails the
+  gate and the job;
 - scripts/release: the major tag moves, and the split repositories (`lepton/<step>@vN`) work standalone,
-  installing the pinned release (a wheel built from this checkout) instead of a source checkout.
+  installing the lepton-ci source each one carries (nothing from PyPI).
 
 act resolves `lepton/ci@v1` to a copy of this checkout (`--local-repository`) and intercepts
 `actions/checkout` (it copies the project). act, actionlint and zizmor come from
@@ -20,50 +26,72 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.support.tools import github_actions_tool
 from tests.support.keys import PRIVATE_ONE_LINE, commit_public_key
+from tests.support.tools import github_actions_tool
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sklearn-digits"
 WORKFLOWS = Path(__file__).resolve().parent / "workflows"
+DOCS = ROOT / "docs" / "github-actions.md"
+EXAMPLE_EVENT = ROOT / "docs" / "examples" / "github" / "pull_request.json"
 REPO = "octo/digits"
 STICKY = "<!-- lepton-ci:sticky model=digits workflow=lepton -->"
+STICKY_PIPELINE = "<!-- lepton-ci:sticky model=digits workflow=lepton-pipeline -->"
+DOC_PR = 1  # the pull request number of docs/examples/github/pull_request.json
 TOKEN = "ghs_" + secrets.token_hex(18)  # a canary: must never show in any log
 SIGNING_KEY = PRIVATE_ONE_LINE
-ACT_FLAGS = ["-P", "self-hosted=-self-hosted", "-P", "gpu=-self-hosted", "-P", "ubuntu-latest=-self-hosted",
-             "--no-cache-server"]
+ACT_FLAGS = ["-P", "self-hosted=-self-hosted", "-P", "gpu=-self-hosted", "-P", "ubuntu-latest=-self-hosted"]
 # The environment act hands on to steps in host mode: enough for git, pip and Python, nothing of the
 # machine's own CI (a GITHUB_* leaking in would change what lepton-ci detects).
-PASSTHROUGH = re.compile(r"^(HOME|LANG|LC_\w+|TMPDIR|USER|PIP_\w+|\w*CA_BUNDLE|\w*CA_CERTS\w*|SSL_CERT_\w+|"
-                         r"https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)$")
+PASSTHROUGH = re.compile(
+    r"^(HOME|LANG|LC_\w+|TMPDIR|USER|PIP_\w+|\w*CA_BUNDLE|\w*CA_CERTS\w*|SSL_CERT_\w+|"
+    r"https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)$"
+)
 
 
 tool = github_actions_tool
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=CI", "-c", "user.email=ci@example.com", "-c", "init.defaultBranch=main",
-                           *args], cwd=repo, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=CI", "-c", "user.email=ci@example.com", "-c", "init.defaultBranch=main", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
 
 
 def copy_checkout(dest: Path) -> Path:
     """What a clone of this repository would hold: tracked and unignored files (no .venv, no caches)."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           check=True, capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = ROOT / name
         if src.is_file():
@@ -79,15 +107,37 @@ class StandIn:
         from tests.support.github_standin import require_spec
 
         self.state = workdir / "github-standin.jsonl"
-        self.log = open(workdir / "github-standin.log", "w+b")
+        self.log = open(workdir / "github-standin.log", "w+b")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.github_standin", "--spec", str(require_spec()), "--port", "0",
-             "--state", str(self.state), "--repo", REPO, "--token", TOKEN, "--prs", ",".join(map(str, prs))],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, text=True)
+            [
+                sys.executable,
+                "-m",
+                "tests.support.github_standin",
+                "--spec",
+                str(require_spec()),
+                "--port",
+                "0",
+                "--state",
+                str(self.state),
+                "--repo",
+                REPO,
+                "--token",
+                TOKEN,
+                "--prs",
+                ",".join(map(str, prs)),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         line = self.proc.stdout.readline().strip()  # the URL, once it listens (loading the spec takes a while)
         if not line.startswith("http://"):
             self.stop()
-            raise RuntimeError(f"GitHub stand-in did not start: {line!r} {(workdir / 'github-standin.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"GitHub stand-in did not start: {line!r} {(workdir / 'github-standin.log').read_text()[-2000:]}"
+            )
         self.url = line
 
     def _get(self, what: str) -> Any:
@@ -138,11 +188,26 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     d = tmp_path_factory.mktemp("github-actions")
     src = copy_checkout(d / "lepton-ci")
     wheels = d / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), f"{src}[sklearn,serve]",
-                    "setuptools>=61", "wheel"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "-w",
+            str(wheels),
+            f"{src}[sklearn,serve]",
+            "setuptools>=61",
+            "wheel",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     for built in wheels.glob("lepton_ci-*.whl"):
         built.unlink()  # the actions install lepton-ci itself from their own source (or the split test's wheel)
-    standin = StandIn(d, prs=[7, 8])
+    standin = StandIn(d, prs=[DOC_PR, 7, 8])
     try:
         yield Lab(d, src, standin, act, wheels)
     finally:
@@ -171,12 +236,20 @@ def make_project(lab: Lab, name: str) -> tuple[Path, str]:
 
 def pull_request_event(path: Path, pr: int, sha: str) -> Path:
     repo = {"full_name": REPO, "name": "digits", "owner": {"login": "octo"}}
-    path.write_text(json.dumps({
-        "action": "synchronize", "number": pr,
-        "pull_request": {"number": pr, "head": {"sha": sha, "ref": "smaller-c", "repo": repo},
-                         "base": {"sha": sha, "ref": "main", "repo": repo}},
-        "repository": repo,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "action": "synchronize",
+                "number": pr,
+                "pull_request": {
+                    "number": pr,
+                    "head": {"sha": sha, "ref": "smaller-c", "repo": repo},
+                    "base": {"sha": sha, "ref": "main", "repo": repo},
+                },
+                "repository": repo,
+            }
+        )
+    )
     return path
 
 
@@ -191,22 +264,55 @@ class ActRun:
         return f"ActRun(code={self.code}, {self.seconds:.0f}s, log=...{self.log[-8000:]})"
 
 
-def run_act(lab: Lab, project: Path, workflow: Path, event: Path, repos: dict[str, Path], name: str,
-            env: dict[str, str] | None = None, timeout: float = 300) -> ActRun:
+def run_act(
+    lab: Lab,
+    project: Path,
+    workflow: Path,
+    event: Path,
+    repos: dict[str, Path],
+    name: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    extra: list[str] | None = None,
+) -> ActRun:
     """`act pull_request` in host mode, in `project`, with lepton's actions served from local directories."""
-    cache = lab.dir / f"act-{name}"
-    cmd = [lab.act, "pull_request", "-e", str(event), "-W", str(workflow), *ACT_FLAGS, "--action-cache-path", str(cache),
-           "-s", f"GITHUB_TOKEN={TOKEN}", "-s", f"LEPTON_CI_SIGNING_KEY={SIGNING_KEY}",
-           "--env", f"GITHUB_API_URL={lab.standin.url}"]
+    cmd = [
+        lab.act,
+        "pull_request",
+        "-e",
+        str(event),
+        "-W",
+        str(workflow),
+        *ACT_FLAGS,
+        "-s",
+        f"GITHUB_TOKEN={TOKEN}",
+        "-s",
+        f"LEPTON_CI_SIGNING_KEY={SIGNING_KEY}",
+        "--env",
+        f"GITHUB_API_URL={lab.standin.url}",
+        *(extra or []),
+    ]
     for ref, path in repos.items():
         cmd += ["--local-repository", f"{ref}={path}"]
-    # Offline and hermetic: every pip install in the job comes from the wheelhouse (faster, too).
+    return act_command(lab, project, cmd, name, env, timeout)
+
+
+def act_command(
+    lab: Lab, project: Path, cmd: list[str], name: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> ActRun:
+    """Run an act command line in `project`, adding only what keeps it hermetic: its own action cache, and
+    pip installs from the wheelhouse (offline, faster too)."""
+    cache = lab.dir / f"act-{name}"
+    cmd = [*cmd, "--action-cache-path", str(cache), "--no-cache-server"]
     for key, value in {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(lab.wheels), **(env or {})}.items():
         cmd += ["--env", f"{key}={value}"]
     run_env = {k: v for k, v in os.environ.items() if PASSTHROUGH.match(k)}
     # The actions make their venv with `python3` from PATH: the system one, not this test's venv.
-    run_env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-                                      if p and not p.startswith(sys.prefix + os.sep))
+    run_env["PATH"] = os.pathsep.join(
+        p
+        for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+        if p and not p.startswith(sys.prefix + os.sep)
+    )
     for key in ("no_proxy", "NO_PROXY"):
         run_env[key] = ",".join(filter(None, [run_env.get(key), "127.0.0.1", "localhost"]))
     start = time.monotonic()
@@ -242,7 +348,9 @@ def stop_servers(cache: Path) -> list[int]:
 
 def step_lines(log: str, prefix: str) -> list[str]:
     """Output lines of the job's steps that start with `prefix` (act prints them as `[wf/job]   | ...`)."""
-    return [m.group(1) for m in re.finditer(r"^\[[^\]]*\]\s+\| (.*)$", log, flags=re.M) if m.group(1).startswith(prefix)]
+    return [
+        m.group(1) for m in re.finditer(r"^\[[^\]]*\]\s+\| (.*)$", log, flags=re.M) if m.group(1).startswith(prefix)
+    ]
 
 
 def summaries(log: str) -> str:
@@ -275,9 +383,13 @@ def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
     # The outputs reach a later step.
     outputs = step_lines(first.log, "lepton outputs: ")
     assert len(outputs) == 1, first
-    m = re.fullmatch(r"lepton outputs: version=(\d+) verdict=(\w+) endpoint=(http://127\.0\.0\.1:\d+) "
-                     r"comment=(\S+/octo/digits/pull/7#issuecomment-(\d+))", outputs[0])
+    m = re.fullmatch(
+        r"lepton outputs: version=(\d+) verdict=(\w+) endpoint=(http://127\.0\.0\.1:\d+) "
+        r"comment=(\S+/octo/digits/pull/7#issuecomment-(\d+)) baseline=(.+)",
+        outputs[0],
+    )
     assert m and m.group(1) == "1" and m.group(2) == "pass", outputs
+    assert m.group(6).startswith("none (first run"), outputs  # the gate's output says what it compared with
     # The job summary holds the report and the line the workflow added.
     summary = summaries(first.log)
     assert "<!-- lepton-ci:report model=digits -->" in summary and "gate passed" in summary, first
@@ -296,8 +408,11 @@ def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
     rerun = run_act(lab, project, workflow, event, repos, "steps-2")
     assert_succeeded(rerun)
     assert len(lab.standin.calls("issues/create-comment", pr=7)) == 1, "a rerun must not add a second comment"
-    updated = [r for r in lab.standin.calls("issues/update-comment")
-               if r["route"].endswith(f"/issues/comments/{comments[0]['id']}")]
+    updated = [
+        r
+        for r in lab.standin.calls("issues/update-comment")
+        if r["route"].endswith(f"/issues/comments/{comments[0]['id']}")
+    ]
     assert len(updated) == 1, updated
     after = lab.standin.comments(7)
     assert len(after) == 1 and after[0]["id"] == comments[0]["id"] and after[0]["body"].startswith(STICKY)
@@ -317,7 +432,9 @@ def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
     assert "Main Deploy" not in failing.log and "Main Stop the local deployment" not in failing.log, failing
     assert re.search(r"Success - Main Report", failing.log), failing
     line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "min: 0.999" in text) - 1
-    assert re.search(rf"::error file=lepton\.yml,line={line},title=lepton-ci gate%3A eval\.accuracy min::", failing.log), failing
+    assert re.search(
+        rf"::error file=lepton\.yml,line={line},title=lepton-ci gate%3A eval\.accuracy min::", failing.log
+    ), failing
     assert step_lines(failing.log, "lepton outputs: version= verdict=fail endpoint= comment="), failing
     assert len(lab.standin.calls("issues/create-comment", pr=7)) == 1
     final = lab.standin.comments(7)
@@ -336,18 +453,149 @@ def test_umbrella_action_runs_the_whole_pipeline(lab: Lab) -> None:
     outputs = step_lines(run.log, "lepton outputs: ")
     assert len(outputs) == 1 and re.fullmatch(
         r"lepton outputs: steps=train:ok,gate:ok,tag:ok,deploy:ok,report:ok version=1 verdict=pass "
-        r"comment=\S+/octo/digits/pull/8#issuecomment-\d+", outputs[0]), run
+        r"comment=\S+/octo/digits/pull/8#issuecomment-\d+",
+        outputs[0],
+    ), run
     assert step_lines(run.log, "C=0.5 accuracy="), run  # train.py saw the `params` input
     created = lab.standin.calls("issues/create-comment", pr=8)
-    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY)
+    # Its own sticky comment: the workflow's name (lepton-pipeline) differs from the quick start's (lepton).
+    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY_PIPELINE)
     assert len(lab.standin.comments(8)) == 1
     assert "<!-- lepton-ci:report model=digits -->" in summaries(run.log)
     print(f"\nact: umbrella run {run.seconds:.1f}s")
 
 
+def documented_act_command() -> list[str]:
+    """The `act ...` command line printed in docs/github-actions.md, continuations joined, as words."""
+    blocks = re.findall(r"^```[\w-]*\n(.*?)^```", DOCS.read_text(), flags=re.M | re.S)
+    found = [b for b in blocks if b.startswith("act ")]
+    assert len(found) == 1, "docs/github-actions.md should print one act command line"
+    return shlex.split(found[0].replace("\\\n", " "))
+
+
+def test_documented_act_command_with_the_example_event(lab: Lab) -> None:
+    """The act command of docs/github-actions.md, word for word but for its placeholders, with the example
+    event file as shipped, on a project whose workflow is the quick start: the job runs on the host and
+    the pull request reads as one from the same repository (not a fork), so the report posts its comment."""
+    words = documented_act_command()
+    assert words[:2] == ["act", "pull_request"], words
+    pairs = list(zip(words, words[1:], strict=False))
+    assert ("-P", "ubuntu-latest=-self-hosted") in pairs and ("-e", "pull_request.json") in pairs, words
+    assert ("-W", ".github/workflows/lepton.yml") in pairs, words
+    port = lab.standin.url.rsplit(":", 1)[1]
+    fill = {
+        "/path/to/lepton-ci": str(lab.src),
+        "GITHUB_TOKEN=...": f"GITHUB_TOKEN={TOKEN}",
+        "LEPTON_CI_SIGNING_KEY=...": f"LEPTON_CI_SIGNING_KEY={SIGNING_KEY}",
+    }
+    cmd = [lab.act]
+    for word in words[1:]:
+        for placeholder, value in fill.items():
+            word = word.replace(placeholder, value)
+        cmd.append(word.replace(":PORT", f":{port}"))
+    leftover = [w for w in cmd if "..." in w or "PORT" in w or "/path/to" in w]
+    assert not leftover, f"placeholders the test does not know: {leftover}"
+
+    project, sha = make_project(lab, "documented")
+    shutil.copy2(EXAMPLE_EVENT, project / "pull_request.json")
+    (project / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy2(WORKFLOWS / "lepton.yml", project / ".github" / "workflows" / "lepton.yml")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-q", "-m", "the quick start workflow")
+    sha = _git(project, "rev-parse", "HEAD")
+
+    run = act_command(lab, project, cmd, "documented")
+    assert_succeeded(run)
+    assert "from the fork" not in run.log, run
+    created = lab.standin.calls("issues/create-comment", pr=DOC_PR)
+    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY), created
+    statuses = [r for r in lab.standin.calls("repos/create-commit-status") if r["route"].endswith(sha)]
+    assert [s["body"]["state"] for s in statuses] == ["success"], statuses  # on the checkout's HEAD
+    print(f"\nact: documented command {run.seconds:.1f}s")
+
+
+def registry_versions(url: str) -> list[dict[str, Any]]:
+    cli = "import sys; from lepton_ci.cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", cli, "registry", "-r", url, "list", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_job_env_settings_apply_and_inputs_win(lab: Lab) -> None:
+    """A job-level LEPTON_CI_REGISTRY (from a repository variable) and LEPTON_CI_CONFIG reach every action
+    not given the input; a non-empty `registry` input wins over the job's. The gate outputs name the
+    baseline, and `lepton-ci` is on PATH for a plain `run:` step."""
+    project, sha = make_project(lab, "settings")
+    # A config under another name, for another model: the default lepton.yml would register `digits`.
+    alt = (project / "lepton.yml").read_text()
+    assert "  name: digits\n" in alt
+    (project / "digits-alt.yml").write_text(alt.replace("  name: digits\n", "  name: digits-alt\n"))
+    _git(project, "add", "-A")
+    _git(project, "commit", "-q", "-m", "another config")
+    job_registry, input_registry = lab.dir / "settings-job-registry", lab.dir / "settings-input-registry"
+    event = pull_request_event(lab.dir / "event-settings.json", 7, sha)
+    run = run_act(
+        lab,
+        project,
+        WORKFLOWS / "checks" / "settings.yml",
+        event,
+        {"lepton/ci@v1": lab.src},
+        "settings",
+        extra=["--var", f"JOB_REGISTRY=file://{job_registry}", "--var", f"INPUT_REGISTRY=file://{input_registry}"],
+    )
+    assert_succeeded(run)
+
+    on_path = step_lines(run.log, "on PATH: ")
+    assert len(on_path) == 1 and re.fullmatch(
+        r"on PATH: lepton-ci \S+ at \S+/lepton-ci-[0-9a-f]{12}/bin/lepton-ci", on_path[0]
+    ), run
+    assert step_lines(run.log, "first gate: ") == ["first gate: source=none version= baseline=none (baseline disabled)"]
+    second = step_lines(run.log, "second gate: ")
+    assert len(second) == 1 and re.fullmatch(
+        r"second gate: source=registry ref=production version=1 verdict=pass "
+        r"baseline=registry production\D*1\b.*",
+        second[0],
+    ), run
+    assert step_lines(run.log, "tagged: ") == ["tagged: model=digits-alt job=1 input=1"], run
+
+    # Where the versions went: the job's registry got the no-input tag, the input's registry the other.
+    job = registry_versions(f"file://{job_registry}")
+    assert [(v["model"], v["version"], v["aliases"]) for v in job] == [("digits-alt", 1, ["production"])], job
+    given = registry_versions(f"file://{input_registry}")
+    assert [(v["model"], v["version"], v["aliases"]) for v in given] == [("digits-alt", 1, ["candidate"])], given
+    print(f"\nact: settings run {run.seconds:.1f}s")
+
+
+def test_unreadable_registry_fails_the_gate_job(lab: Lab) -> None:
+    """Fail closed, end to end: a registry that cannot be read (an `oci://` input nothing answers at, a job
+    env `file://` directory that holds no registry) fails the gate step and the job; no verdict is set."""
+    project, sha = make_project(lab, "fail-closed")
+    event = pull_request_event(lab.dir / "event-fail-closed.json", 7, sha)
+    run = run_act(
+        lab, project, WORKFLOWS / "checks" / "fail-closed.yml", event, {"lepton/ci@v1": lab.src}, "fail-closed"
+    )
+    assert run.code != 0 and "🏁  Job failed" in run.log and "Job succeeded" not in run.log, run
+    assert TOKEN not in run.log and SIGNING_KEY not in run.log
+    outputs = sorted(step_lines(run.log, "fail-closed outputs: "))
+    assert outputs == [
+        "fail-closed outputs: case=input gate=failure verdict= baseline=",
+        "fail-closed outputs: case=job env gate=failure verdict= baseline=",
+    ], run
+    assert "oci://127.0.0.1:9/nothing" in run.log and "/etc is not a lepton-ci registry" in run.log, run
+    assert not re.search(r"baseline: none|first run|gate passed|verdict: pass", run.log), run
+    assert len(re.findall(r"Failure - Main Gate", run.log)) == 2, run
+    print(f"\nact: fail-closed run {run.seconds:.1f}s")
+
+
 def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> None:
     """scripts/release on a copy of this checkout: v0.x.y tags, the major tag moves, and the split
-    repositories run under act with `uses: lepton/<step>@vN`, installing the pinned release."""
+    repositories run under act with `uses: lepton/<step>@vN`, each installing the source it carries."""
     repo = copy_checkout(lab.dir / "release")
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
@@ -363,8 +611,12 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
     split = lab.dir / "split"
 
     def release(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "release"), "-C", str(repo), *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "release"), "-C", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     bad = release("--tag", f"v{major_n}.{minor}.{patch + 5}")
     assert bad.returncode == 2 and "does not exist" in bad.stderr, bad
@@ -388,37 +640,50 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
     assert second.returncode == 0, second
     v2 = _git(repo, "rev-parse", "HEAD")
     assert _git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v2 != v1
+    tracked = set(_git(repo, "ls-tree", "-r", "--name-only", f"v{nxt}", "--", "lepton_ci").split("\n"))
     for step in ("setup", "train", "gate", "tag", "deploy", "report"):
         files = sorted(p.name for p in (split / step).iterdir() if p.name != ".git")
-        assert files[:2] == ["README.md", "action.yml"], files
+        assert files == ["README.md", "action.yml", "lepton_ci", "pyproject.toml", "setup.cfg"], files
+        # The release's source, byte for byte: what `pip install .` next to the action needs, nothing else.
+        carried = {str(p.relative_to(split / step)) for p in (split / step / "lepton_ci").rglob("*") if p.is_file()}
+        assert carried == tracked, (step, carried ^ tracked)
+        assert (split / step / "setup.cfg").read_bytes() == (repo / "setup.cfg").read_bytes()
+        assert f'__version__ = "{nxt}"' in (split / step / "lepton_ci" / "__init__.py").read_text()
         tags = set(_git(remote / f"{step}.git", "tag", "--list").split())
         assert {f"v{version}", f"v{nxt}", major} <= tags, (step, tags)
         action = (split / step / "action.yml").read_text()
-        assert f'default: "{nxt}"' in action and f"from lepton/ci actions/{step} at v{nxt}" in action
+        assert f"from lepton/ci actions/{step} at v{nxt}" in action, action[:200]
+        assert yaml.safe_load(action)["inputs"]["version"]["default"] == "", "an empty `version` installs the source"
     again = release("--split", str(split))  # idempotent: same content under the same tags
     assert again.returncode == 0, again
 
-    # Standalone: act resolves lepton/<step>@vN to the split repositories; the release comes from a wheel
-    # built from the release commit (lepton-ci is not on PyPI), found through PIP_FIND_LINKS.
-    wheels = lab.dir / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(repo)],
-                   check=True, capture_output=True, timeout=300)
-    assert list(wheels.glob(f"lepton_ci-{nxt}-*.whl"))
+    # Standalone: act resolves lepton/<step>@vN to the split repositories. The wheelhouse holds lepton-ci's
+    # dependencies but no lepton-ci, and pip has no index (PIP_NO_INDEX): the only lepton-ci to install is
+    # the source in the split repository.
+    assert not list(lab.wheels.glob("lepton_ci-*"))
     workflow = lab.dir / "split-workflow" / "lepton.yml"
     workflow.parent.mkdir()
     workflow.write_text(SPLIT_WORKFLOW.replace("@vN", f"@{major}"))
     project, sha = make_project(lab, "split-project")
     event = pull_request_event(lab.dir / "event-split.json", 7, sha)
-    pip_links = f"{wheels} {lab.wheels}"
-    run = run_act(lab, project, workflow, event, {f"lepton/{s}@{major}": split / s for s in
-                                                   ("setup", "train", "gate", "tag", "deploy", "report")},
-                  "split", env={"PIP_FIND_LINKS": pip_links})
+    run = run_act(
+        lab,
+        project,
+        workflow,
+        event,
+        {f"lepton/{s}@{major}": split / s for s in ("setup", "train", "gate", "tag", "deploy", "report")},
+        "split",
+    )
     assert_succeeded(run)
-    assert f"Install lepton-ci (release {nxt}) into " in run.log, run
-    assert "(source " not in run.log, run
+    installs = re.findall(r"Install lepton-ci \((source [0-9a-f]+|release [^)]+)\) into ", run.log)
+    assert len(installs) == 1 and installs[0].startswith("source "), run  # once, from the source; then reused
+    assert len(step_lines(run.log, "lepton-ci: reusing ")) >= 4, run
     outputs = step_lines(run.log, "split outputs: ")
-    assert len(outputs) == 1 and re.fullmatch(rf"split outputs: installed={re.escape(nxt)} run=\S+ verdict=pass "
-                                              r"version=1 report=\S+lepton-report\.md", outputs[0]), run
+    assert len(outputs) == 1 and re.fullmatch(
+        rf"split outputs: installed={re.escape(nxt)} run=\S+ verdict=pass "
+        r"version=1 report=\S+lepton-report\.md",
+        outputs[0],
+    ), run
     print(f"\nact: split actions run {run.seconds:.1f}s")
 
 
