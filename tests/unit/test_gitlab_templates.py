@@ -21,13 +21,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "gitlab-templates"
 COMPONENTS = TEMPLATES / "templates"
-CHECKER = ROOT / "scripts" / "check-gitlab-inputs"
+CHECKER = TEMPLATES / "check-gitlab-inputs"  # ships with the published project
+CHECKER_IN_SCRIPTS = ROOT / "scripts" / "check-gitlab-inputs"
 DOCS = ROOT / "docs" / "gitlab.md"
 STEPS = ["train", "gate", "tag", "deploy", "report"]
 INPUT_RE = re.compile(r"\$\[\[\s*inputs\.([A-Za-z0-9_-]+)\s*\]\]")
 # Keywords that are global in a .gitlab-ci.yml; a component must not set them.
-GLOBAL_KEYWORDS = {"default", "include", "stages", "variables", "workflow", "image", "services", "cache",
-                   "before_script", "after_script", "types", "spec"}
+GLOBAL_KEYWORDS = {
+    "default",
+    "include",
+    "stages",
+    "variables",
+    "workflow",
+    "image",
+    "services",
+    "cache",
+    "before_script",
+    "after_script",
+    "types",
+    "spec",
+}
 TYPES = {"string": str, "number": (int, float), "boolean": bool, "array": list}
 
 
@@ -48,13 +61,27 @@ def render(value: Any, inputs: dict[str, Any]) -> Any:
         whole = INPUT_RE.fullmatch(value.strip())
         if whole:
             return inputs[whole.group(1)]
-        return INPUT_RE.sub(lambda m: str(inputs[m.group(1)]).lower() if isinstance(inputs[m.group(1)], bool)
-                            else str(inputs[m.group(1)]), value)
+        return INPUT_RE.sub(
+            lambda m: (
+                str(inputs[m.group(1)]).lower() if isinstance(inputs[m.group(1)], bool) else str(inputs[m.group(1)])
+            ),
+            value,
+        )
     return value
 
 
 def defaults(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v["default"] for k, v in spec.items()}
+
+
+def is_stop_job(job: dict[str, Any]) -> bool:
+    return (job.get("environment") or {}).get("action") == "stop"
+
+
+def step_of(path: Path, name: str, job: dict[str, Any]) -> str:
+    if is_stop_job(job):
+        return "stop"
+    return path.stem if path.stem in STEPS else name.rsplit("]]", 1)[1]
 
 
 def scripts_of(job: dict[str, Any]) -> list[str]:
@@ -66,6 +93,7 @@ def component_paths() -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ components
+
 
 def test_component_layout_is_what_gitlab_requires():
     names = {p.stem for p in component_paths()}
@@ -82,7 +110,8 @@ def test_component_spec_inputs_are_typed_documented_and_used(path: Path):
         assert decl.get("description"), f"{path.name}: input {name} has no description"
         assert "default" in decl, f"{path.name}: input {name} has no default"
         assert isinstance(decl["default"], TYPES[decl["type"]]) and not (
-            decl["type"] == "number" and isinstance(decl["default"], bool)), f"{path.name}: default of {name}"
+            decl["type"] == "number" and isinstance(decl["default"], bool)
+        ), f"{path.name}: default of {name}"
     used = set(INPUT_RE.findall(body))
     assert used <= set(spec), f"{path.name}: undeclared inputs {used - set(spec)}"
     assert set(spec) <= used, f"{path.name}: declared but unused inputs {set(spec) - used}"
@@ -104,7 +133,7 @@ def test_component_inputs_reach_scripts_only_through_variables(path: Path):
     for name, job in jobs.items():
         for line in scripts_of(job):
             assert "$[[" not in line, f"{path.name}: {name} interpolates an input into a script: {line[:80]}"
-        for var, value in (job.get("variables") or {}).items():
+        for var in job.get("variables") or {}:
             assert var.startswith("LEPTON_CI_"), var
 
 
@@ -112,25 +141,114 @@ def test_components_serialize_registry_writes_and_take_runner_tags():
     for path in component_paths():
         _, jobs, _ = load_component(path)
         for name, job in jobs.items():
-            step = path.stem if path.stem in STEPS else name.rsplit("]]", 1)[1]
-            if step in ("tag", "deploy"):
+            step = step_of(path, name, job)
+            if step in ("tag", "deploy", "stop"):
                 assert INPUT_RE.fullmatch(job["resource_group"]), (path.name, name)
             if step == "train":
                 assert INPUT_RE.fullmatch(job["tags"]), (path.name, name)
-            if step == "report":
-                assert job["when"] == "always"
+            if step == "stop":
+                assert "artifacts" not in job and job["dependencies"] == [] and job["allow_failure"] is True
+                continue
             assert job["artifacts"]["when"] == "always"
             assert job["artifacts"]["reports"]["dotenv"].endswith(f".lepton/{step}.env")
 
 
+def test_components_run_in_merge_request_pipelines_without_duplicates():
+    """Merge request pipelines, and branch pipelines only for branches without an open merge request."""
+    for path in component_paths():
+        _, jobs, _ = load_component(path)
+        for name, job in jobs.items():
+            step = step_of(path, name, job)
+            assert "when" not in job, f"{path.name}: {name}: `when:` next to `rules:` is invalid in GitLab"
+            ifs = [(r["if"], r.get("when")) for r in job["rules"]]
+            when = {"report": "always", "stop": "manual"}.get(step)
+            assert ifs == [
+                ('$CI_PIPELINE_SOURCE == "merge_request_event"', when),
+                ("$CI_COMMIT_BRANCH && $CI_OPEN_MERGE_REQUESTS", "never"),
+                ("$CI_COMMIT_BRANCH", when),
+            ], (path.name, name)
+
+
+def test_deploy_components_have_a_stop_job_for_their_environment():
+    for path in (COMPONENTS / "deploy.yml", COMPONENTS / "pipeline.yml"):
+        spec, jobs, _ = load_component(path)
+        rendered = render(jobs, defaults(spec))
+        (deploy,) = [j for n, j in rendered.items() if n.endswith("deploy")]
+        stop = rendered[deploy["environment"]["on_stop"]]
+        assert stop["environment"] == {"name": deploy["environment"]["name"], "action": "stop"}
+        assert stop["stage"] == deploy["stage"] and stop["resource_group"] == deploy["resource_group"]
+        assert "url" not in deploy["environment"]  # 127.0.0.1 of a runner is nobody's URL
+
+
 def test_pipeline_component_is_the_step_components_put_together():
-    _, pipeline, _ = load_component(COMPONENTS / "pipeline.yml")
-    pspec = load_component(COMPONENTS / "pipeline.yml")[0]
+    pspec, pipeline, _ = load_component(COMPONENTS / "pipeline.yml")
     rendered = render(pipeline, defaults(pspec))
+    seen = set()
     for step in STEPS:
         spec, jobs, _ = load_component(COMPONENTS / f"{step}.yml")
-        (job,) = render(jobs, defaults(spec)).values()
-        assert rendered[f"lepton-{step}"] == job, step
+        for name, job in render(jobs, defaults(spec)).items():
+            assert rendered[name] == job, (step, name)
+            seen.add(name)
+    assert seen == set(rendered)
+
+
+def test_components_install_from_their_own_project_at_their_own_commit():
+    """No release pin by default: the setup installs from the component project's archive at component.sha."""
+    for path in component_paths():
+        text = path.read_text()
+        header = yaml.safe_load(text.split("\n---\n", 1)[0])
+        assert header["spec"]["component"] == ["sha"], path.name  # GitLab interpolates only what spec names
+        spec, jobs, _ = load_component(path)
+        assert spec["package"]["default"] == "" and spec["extras"]["default"] == ""
+        for name, job in jobs.items():
+            assert job["variables"]["LEPTON_CI_SOURCE_REF"] == "$[[ component.sha ]]", (path.name, name)
+            assert job["variables"]["LEPTON_CI_INPUT_PACKAGE"] == "$[[ inputs.package ]]"
+
+
+def test_default_image_has_git():
+    """train records git info and `git:` baselines read revisions: the default image must have git."""
+    images = [load_component(p)[0]["image"]["default"] for p in component_paths()]
+    images += [hidden_jobs(p)[".lepton-setup"]["image"] for p in TEMPLATES.glob("lepton*.yml")]
+    assert set(images) == {"python:3.12"}  # the full Debian image; -slim and -alpine have no git
+
+
+def _setup_lines(upto: str) -> str:
+    setup = hidden_jobs(TEMPLATES / "lepton.yml")[".lepton-setup"]["before_script"][0]
+    return setup.split(upto, 1)[0] + upto
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"LEPTON_CI_REGISTRY": "file:///global"}, "file:///global"),
+        ({"LEPTON_CI_REGISTRY": "file:///global", "LEPTON_CI_INPUT_REGISTRY": ""}, "file:///global"),
+        ({"LEPTON_CI_REGISTRY": "file:///global", "LEPTON_CI_INPUT_REGISTRY": "oci://input/x"}, "oci://input/x"),
+        ({"LEPTON_CI_INPUT_REGISTRY": "oci://input/x"}, "oci://input/x"),
+        ({}, "<unset>"),
+    ],
+)
+def test_settings_a_non_empty_input_wins_an_empty_one_leaves_the_variable(env: dict[str, str], expected: str):
+    script = _setup_lines("done\n") + 'echo "registry=${LEPTON_CI_REGISTRY-<unset>}"\n'
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    r = subprocess.run(["sh", "-c", script], env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"registry={expected}"
+
+
+def test_setup_says_in_one_line_when_git_is_missing(tmp_path: Path):
+    """Without git on PATH the setup warns once, naming what needs git and what to do, and goes on."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("python3", "sh", "sed", "cat", "cksum", "mkdir"):
+        found = shutil.which(tool)
+        if found:
+            (bindir / tool).symlink_to(found)
+    script = _setup_lines('"${LEPTON_CI_DIRECTORY:=.}"\n') + 'echo "went on"\n'
+    r = subprocess.run(["sh", "-c", script], env={"PATH": str(bindir)}, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "went on", r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no git" in lines[0] and "git: baselines" in lines[0], lines
+    assert "python:3.12" in lines[0] and "apt-get install -y git" in lines[0]
 
 
 def _check_jsonschema() -> list[str]:
@@ -160,6 +278,7 @@ def test_components_rendered_with_defaults_match_gitlabs_schema(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------ classic
 
+
 def hidden_jobs(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
     assert all(k.startswith(".lepton-") for k in data), f"{path.name}: only hidden .lepton-* jobs belong here"
@@ -168,7 +287,12 @@ def hidden_jobs(path: Path) -> dict[str, Any]:
 
 def test_classic_all_in_one_has_every_hidden_job():
     jobs = hidden_jobs(TEMPLATES / "lepton.yml")
-    assert list(jobs) == [".lepton-setup"] + [f".lepton-{s}" for s in STEPS]
+    assert list(jobs) == [".lepton-setup"] + [
+        f".lepton-{s}" for s in ("train", "gate", "tag", "deploy", "stop", "report")
+    ]
+    stop = jobs[".lepton-stop"]
+    assert stop["environment"] == {"name": jobs[".lepton-deploy"]["environment"]["name"], "action": "stop"}
+    assert stop["when"] == "manual" and stop["resource_group"] == "lepton-registry" and stop["dependencies"] == []
     for step in STEPS:
         job = jobs[f".lepton-{step}"]
         assert job["extends"] == ".lepton-setup" and job["stage"] == step
@@ -182,7 +306,9 @@ def test_classic_all_in_one_has_every_hidden_job():
 def test_classic_step_files_match_the_all_in_one(step: str):
     allinone = hidden_jobs(TEMPLATES / "lepton.yml")
     jobs = hidden_jobs(TEMPLATES / f"lepton-{step}.yml")
-    expected = [".lepton-setup"] + ([] if step == "setup" else [f".lepton-{step}"])
+    expected = [".lepton-setup"] + {"setup": [], "deploy": [".lepton-deploy", ".lepton-stop"]}.get(
+        step, [f".lepton-{step}"]
+    )
     assert list(jobs) == expected
     for name in expected:
         assert jobs[name] == allinone[name], f"lepton-{step}.yml: {name} differs from lepton.yml's"
@@ -191,11 +317,12 @@ def test_classic_step_files_match_the_all_in_one(step: str):
 def test_classic_and_components_run_the_same_scripts():
     classic = hidden_jobs(TEMPLATES / "lepton.yml")
     setup = classic[".lepton-setup"]["before_script"]
-    for step in STEPS:
-        spec, jobs, _ = load_component(COMPONENTS / f"{step}.yml")
-        (job,) = jobs.values()
-        assert job["before_script"] == setup, f"templates/{step}.yml: setup differs from .lepton-setup"
-        assert job["script"] == classic[f".lepton-{step}"]["script"], f"templates/{step}.yml: script differs"
+    for path in component_paths():
+        spec, jobs, _ = load_component(path)
+        for name, job in jobs.items():
+            step = step_of(path, name, job)
+            assert job["before_script"] == setup, f"templates/{path.name}: {name}: setup differs from .lepton-setup"
+            assert job["script"] == classic[f".lepton-{step}"]["script"], f"templates/{path.name}: {name}: script"
 
 
 def test_classic_templates_match_gitlabs_schema():
@@ -207,8 +334,19 @@ def test_classic_templates_match_gitlabs_schema():
 
 # ------------------------------------------------------------------------------------------ check-gitlab-inputs
 
+
 def checker(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(CHECKER), *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_checker_ships_with_the_templates_and_runs_from_scripts_too(tmp_path: Path):
+    """The published project carries the checker next to templates/; scripts/check-gitlab-inputs runs it."""
+    ci = write(tmp_path / ".gitlab-ci.yml", "include:\n  - component: gitlab.com/lepton/ci-templates/gate@0.1.0\n")
+    shipped = tmp_path / "published"
+    shutil.copytree(TEMPLATES, shipped)
+    for exe in (shipped / "check-gitlab-inputs", CHECKER_IN_SCRIPTS):
+        r = subprocess.run([sys.executable, str(exe), str(ci)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "1 lepton-ci component include(s) checked" in r.stdout, r.stderr
 
 
 def write(path: Path, text: str) -> Path:
@@ -218,7 +356,9 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_checker_accepts_valid_inputs(tmp_path: Path):
-    ci = write(tmp_path / ".gitlab-ci.yml", """\
+    ci = write(
+        tmp_path / ".gitlab-ci.yml",
+        """\
         include:
           - component: $CI_SERVER_FQDN/lepton/ci-templates/train@0.1.0
             inputs:
@@ -233,26 +373,33 @@ def test_checker_accepts_valid_inputs(tmp_path: Path):
           - local: /other.yml
         fit:
           script: [!reference [.x, script]]
-        """)
+        """,
+    )
     r = checker(str(ci))
     assert r.returncode == 0, r.stderr
     assert "3 lepton-ci component include(s) checked" in r.stdout
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ("{bogus: 1}", "unknown input 'bogus' (known inputs: directory, image, job-name,"),
-    ("{job_name: fit}", "unknown input 'job_name' (did you mean 'job-name'?)"),
-    ("{tags: gpu}", "input 'tags' must be an array, got string 'gpu'"),
-    ("{stage: 3}", "input 'stage' must be a string, got number 3"),
-    ("{params: true}", "input 'params' must be a string, got boolean true"),
-    ("[a, b]", "inputs must be a mapping, got array"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ("{bogus: 1}", "unknown input 'bogus' (known inputs: directory, extras, image, job-name,"),
+        ("{job_name: fit}", "unknown input 'job_name' (did you mean 'job-name'?)"),
+        ("{tags: gpu}", "input 'tags' must be an array, got string 'gpu'"),
+        ("{stage: 3}", "input 'stage' must be a string, got number 3"),
+        ("{params: true}", "input 'params' must be a string, got boolean true"),
+        ("[a, b]", "inputs must be a mapping, got array"),
+    ],
+)
 def test_checker_names_file_include_and_input(tmp_path: Path, inputs: str, message: str):
-    ci = write(tmp_path / ".gitlab-ci.yml", f"""\
+    ci = write(
+        tmp_path / ".gitlab-ci.yml",
+        f"""\
         include:
           - component: $CI_SERVER_FQDN/lepton/ci-templates/train@0.1.0
             inputs: {inputs}
-        """)
+        """,
+    )
     r = checker(str(ci))
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
@@ -262,35 +409,45 @@ def test_checker_names_file_include_and_input(tmp_path: Path, inputs: str, messa
 
 
 def test_checker_boolean_inputs_refuse_strings(tmp_path: Path):
-    ci = write(tmp_path / "ci.yml", """\
+    ci = write(
+        tmp_path / "ci.yml",
+        """\
         include:
           component: gitlab.com/lepton/ci-templates/deploy@0.1.0
           inputs:
             allow-unblessed: "true"
-        """)
+        """,
+    )
     r = checker(str(ci))
     assert r.returncode == 1 and "input 'allow-unblessed' must be a boolean, got string 'true'" in r.stderr
 
 
 def test_checker_follows_local_includes_and_reports_unknown_components(tmp_path: Path):
-    write(tmp_path / "ci" / "ml.yml", """\
+    write(
+        tmp_path / "ci" / "ml.yml",
+        """\
         include:
           - component: gitlab.com/lepton/ci-templates/gate@0.1.0
             inputs: {baseline: production, treshold: 1}
           - component: gitlab.com/lepton/ci-templates/evaluate@0.1.0
-        """)
+        """,
+    )
     ci = write(tmp_path / ".gitlab-ci.yml", "include:\n  - local: ci/ml.yml\n")
     r = checker(str(ci))
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2, r.stderr
     assert "ml.yml: include component gitlab.com/lepton/ci-templates/gate@0.1.0: unknown input 'treshold'" in lines[0]
-    assert "no component 'evaluate'" in lines[1] and "components: deploy, gate, pipeline, report, tag, train" in lines[1]
+    assert (
+        "no component 'evaluate'" in lines[1] and "components: deploy, gate, pipeline, report, tag, train" in lines[1]
+    )
 
 
 def test_checker_options_regex_and_required_inputs(tmp_path: Path):
     templates = tmp_path / "templates"
-    write(templates / "thing" / "template.yml", """\
+    write(
+        templates / "thing" / "template.yml",
+        """\
         spec:
           inputs:
             level:
@@ -304,12 +461,16 @@ def test_checker_options_regex_and_required_inputs(tmp_path: Path):
         ---
         "thing":
           script: [echo "$TARGET"]
-        """)
-    ci = write(tmp_path / "ci.yml", """\
+        """,
+    )
+    ci = write(
+        tmp_path / "ci.yml",
+        """\
         include:
           - component: example.com/acme/things/thing@1.0.0
             inputs: {level: medium, version: "1.2"}
-        """)
+        """,
+    )
     r = checker("--templates", str(templates), "--project", "acme/things", str(ci))
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
@@ -329,6 +490,7 @@ def test_checker_unreadable_or_invalid_yaml_is_exit_2(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------ docs
+
 
 def doc_snippets() -> dict[str, str]:
     text = DOCS.read_text()
@@ -368,11 +530,17 @@ def test_docs_list_every_component_input():
             assert f"`{name}`" in table, f"docs/gitlab.md does not list input {name} of {path.stem}"
 
 
-def test_component_defaults_pin_the_package_version():
+def test_no_template_pins_an_unpublished_release_and_the_classic_source_ref_is_this_version():
+    """Components install from their own commit; the classic include from its own tag (= this version)."""
     from lepton_ci import __version__
 
     for path in [*component_paths(), *TEMPLATES.glob("*.yml")]:
         text = path.read_text()
-        assert f"lepton-ci=={__version__}" in text, path.name
+        assert not re.search(r"LEPTON_CI_PACKAGE:=|default: \"lepton-ci", text), path.name
         assert not re.search(r"lepton-ci==(?!" + re.escape(__version__) + r"\b)\d", text), path.name
-    assert f"@{__version__}" in DOCS.read_text() and f"ref: {__version__}" in DOCS.read_text()
+    for path in TEMPLATES.glob("lepton*.yml"):
+        assert f'"${{LEPTON_CI_SOURCE_REF:={__version__}}}"' in path.read_text(), path.name
+    docs = DOCS.read_text()
+    assert f"@{__version__}" in docs and f"ref: {__version__}" in docs
+    pins = [name for name, body in doc_snippets().items() if f"=={__version__}" in body]
+    assert pins == ["pinned-release"], "a documented pipeline pins a release instead of installing from source"
