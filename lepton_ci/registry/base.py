@@ -169,6 +169,12 @@ class Storage(Protocol):
         """Where the history lives, for `file:line` messages."""
         ...
 
+    def history_writes(self, name: str) -> list[tuple[int, str]]:
+        """Every history write the backend can still see, as (number of events, hex sha256 of the history
+        document written): `check` proves each was a prefix of today's history, so a write another writer
+        lost or forked (no conditional writes on OCI) is reported. A backend that keeps no trail returns []."""
+        ...
+
     def publish_alias(self, name: str, alias: str, number: int) -> None:
         """Mirror an alias move where the backend's own tools can see it (an OCI tag, so `oras pull
         REPO/MODEL:production` works). The history stays the record; a backend without such a place does

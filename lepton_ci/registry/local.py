@@ -219,6 +219,10 @@ class LocalStorage:
     def publish_alias(self, name: str, alias: str, number: int) -> None:
         """The history file is where file:// keeps aliases; there is no second place to mirror them to."""
 
+    def history_writes(self, name: str) -> list[tuple[int, str]]:
+        """Writes are serialised by flock and the file is replaced atomically: no trail to keep."""
+        return []
+
     # --- blobs ------------------------------------------------------------------------------------------
 
     @_fs

@@ -9,7 +9,9 @@ Layout, for `oci://HOST/REPO` and model `NAME` (repository `REPO/NAME`):
   record, lineage), and one layer with lepton-ci's own version manifest (the bytes the shared layer
   verifies; `oras pull` writes it as `lepton-ci-version.json`);
 - each alias is a tag on its version's manifest (`production`, `staging`), mirrored after every move;
-- the alias history is an artifact of its own, tagged `lepton-history`, holding the hash-chained log.
+- the alias history is an artifact of its own, tagged `lepton-history`, holding the hash-chained log; every
+  write is also tagged `lepton-history-<events>-<sha12>`, the trail `registry check` compares with today's
+  history to find a write that a racing writer lost or forked.
 
 What the distribution API cannot give, and what this storage does instead: there is no conditional tag
 write, so version numbering and alias moves are serialised by the CI's own lock (GitHub `concurrency:`,
@@ -40,6 +42,7 @@ from lepton_ci.registry.shared import ModelRegistry
 
 VERSION_TAG_RE = re.compile(r"v([1-9][0-9]{0,17})-([0-9a-f]{12})")
 HISTORY_TAG = "lepton-history"
+HISTORY_WRITE_RE = re.compile(r"lepton-history-([0-9]{1,9})-([0-9a-f]{12})")
 MODEL_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
 MODEL_CONFIG = "application/vnd.cncf.model.config.v1+json"
 WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
@@ -271,7 +274,28 @@ class OciStorage:
                 }
             ],
         }
-        self.client.put_manifest(repo, HISTORY_TAG, manifest_json(manifest))
+        data_manifest = manifest_json(manifest)
+        # First a tag of its own for this write (`lepton-history-<events>-<sha12>`), then the moving tag: the
+        # trail `history_writes` reads, so `check` sees a write that a racing writer's PUT later hid.
+        events = data.count(b"\n")
+        self.client.put_manifest(repo, f"{HISTORY_TAG}-{events}-{hashlib.sha256(data).hexdigest()[:12]}", data_manifest)
+        self.client.put_manifest(repo, HISTORY_TAG, data_manifest)
+
+    def history_writes(self, name: str) -> list[tuple[int, str]]:
+        repo = self._repo(name)
+        found = []
+        for tag in self._tags(name):
+            m = HISTORY_WRITE_RE.fullmatch(tag)
+            if not m:
+                continue
+            manifest = self._manifest(name, tag)
+            if manifest is None:
+                continue
+            layer = self._layer(name, tag, manifest, HISTORY_LAYER)
+            if not str(layer["digest"]).startswith(f"sha256:{m.group(2)}"):
+                raise RegistryError(f"{repo}:{tag} names another history document than it holds")
+            found.append((int(m.group(1)), str(layer["digest"]).removeprefix("sha256:")))
+        return found
 
     def history_location(self, name: str) -> str:
         return f"oci://{self.ref.host}/{self._repo(name)}:{HISTORY_TAG}"

@@ -38,10 +38,10 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 NUMBER_REF_RE = re.compile(r"v?([0-9]{1,18})")
 MIN_PREFIX_HEX = 4
 ACTIONS = ("move", "rollback")
-# `latest` is a reference of its own; on oci:// `lepton-history` is the history's tag and v<N>-<digest12>
+# `latest` is a reference of its own; on oci:// `lepton-history…` are the history's tags and v<N>-<digest12>
 # are version tags, so an alias may not take those names (on any backend, so a registry can move between them).
-RESERVED_ALIASES = ("latest", "lepton-history")
-VERSION_LIKE_RE = re.compile(r"v[0-9].*")
+RESERVED_ALIASES = ("latest",)
+VERSION_LIKE_RE = re.compile(r"v[0-9].*|lepton-.*")
 
 
 # --- names ----------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def check_alias(alias: Any) -> str:
     ):
         raise UserError(
             f"alias {short_repr(alias)} is not valid (lower case letter first, then letters, digits, _ -; not "
-            "'latest' or 'lepton-history', and not v<digit>…, which reads as a version)"
+            "'latest', not lepton-…, which lepton-ci keeps for itself, and not v<digit>…, which reads as a version)"
         )
     return alias
 
@@ -743,6 +743,22 @@ class ModelRegistry:
                 problems.append(
                     Problem(f"{name} history #{i + 1}", f"alias {e['alias']!r} points at missing version {e['to']}")
                 )
+        try:
+            writes = self.storage.history_writes(name)
+        except (RegistryError, TransientError) as exc:
+            return problems + [Problem(f"{name} history", str(exc))]
+        for count, digest in sorted(set(writes)):
+            if count > len(events):
+                why = f"has {count} events, today's history only {len(events)}: later moves were lost"
+            elif hashlib.sha256(history_text(events[:count])).hexdigest() != digest:
+                why = "is not a prefix of today's history: a concurrent writer forked it"
+            else:
+                continue
+            problems.append(
+                Problem(
+                    f"{name} history", f"an earlier history write ({digest[:12]}) {why} (writers without the CI lock)"
+                )
+            )
         return problems
 
     def gc(self, *, apply: bool = False, min_age_s: float = 3600.0) -> list[GcItem]:

@@ -249,3 +249,102 @@ def test_cli_tag_gate_and_registry_commands_against_oci(tmp_path: Path, server: 
     assert [(x["version"], x["aliases"]) for x in rows] == [(1, ["production"]), (2, ["candidate"])]
     r = cli("registry", "check", cwd=project, env=env)
     assert r.code == 0 and "OK" in r.out, r
+
+
+def test_a_history_update_lost_to_a_racing_writer_is_reported_by_check(
+    tmp_path: Path, server: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No conditional tag writes in OCI: two writers without the CI lock can both append to the history
+    they read, and the second PUT hides the first. The per-write tags let `check` see it."""
+    a = open_registry(server.url(), tmp_path)
+    a.push(NAME, files(tmp_path, model__bin=b"one"), {"run": {"run_id": "r1"}}, aliases=["production"])
+    a.push(NAME, files(tmp_path / "2", model__bin=b"two"), {"run": {"run_id": "r2"}})
+    assert a.check() == []
+    b = open_registry(server.url(), tmp_path)
+    stale = b.storage.read_history(NAME)
+    a.move_alias(NAME, "production", 2, reason="writer A")
+    monkeypatch.setattr(b.storage, "read_history", lambda name: stale)  # B read before A wrote
+    b.move_alias(NAME, "staging", 1, reason="writer B")
+    monkeypatch.undo()
+    problems = a.check()
+    assert [p.where for p in problems] == [f"{NAME} history"], problems
+    assert "is not a prefix of today's history" in problems[0].message
+    # With the lock (the documented setup) the same two moves leave a clean registry.
+    c = open_registry(server.url("team/other"), tmp_path)
+    c.push(NAME, files(tmp_path / "3", model__bin=b"three"), {}, aliases=["production"])
+    c.move_alias(NAME, "staging", 1)
+    assert c.check() == []
+
+
+def _tag_and_promote(url: str, work: str, i: int, lock: bool = True) -> int:
+    """One CI job: register its own model file as the next version, then point production at it. With
+    `lock=False` the job runs as if the CI's lock were missing (the local flock is switched off)."""
+    import contextlib
+
+    reg = open_registry(url, Path(work))
+    if not lock:
+        reg.storage.lock = lambda name: contextlib.nullcontext()  # type: ignore[method-assign]
+    src = Path(work) / f"job{i}" / "model.bin"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(f"weights of job {i}".encode())
+    version = reg.push(NAME, [("model.bin", src)], {"run": {"run_id": f"job{i}"}}, aliases=["candidate"]).version
+    reg.move_alias(NAME, "production", version.version, reason=f"job {i}")
+    return version.version
+
+
+def test_sixteen_concurrent_tag_and_promote_processes_lose_nothing(tmp_path: Path, server: RegistryServer) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    url = server.url()
+    with concurrent.futures.ProcessPoolExecutor(16, mp_context=multiprocessing.get_context("spawn")) as pool:
+        versions = list(pool.map(_tag_and_promote, [url] * 16, [str(tmp_path)] * 16, range(16)))
+    assert sorted(versions) == list(range(1, 17))  # unique, gapless version numbers
+    reg = open_registry(url, tmp_path)
+    history = reg.history(NAME)
+    assert len(history) == 32 and [e.seq for e in history] == list(range(1, 33))  # no lost update
+    assert {e.to for e in history if e.alias == "production"} == set(range(1, 17))
+    assert reg.aliases(NAME)["production"] == [e.to for e in history if e.alias == "production"][-1]
+    assert reg.check() == []
+    for v in range(1, 17):
+        run_id = reg.get(NAME, v).metadata["run"]["run_id"]
+        assert (reg.fetch(NAME, v, tmp_path / f"out{v}") / "model.bin").read_bytes() == f"weights of {run_id.replace('job', 'job ')}".encode()
+
+
+def _racing_job(url: str, work: str, i: int) -> tuple[int, str] | str:
+    try:
+        _tag_and_promote(url, work, i, lock=False)
+    except (RegistryError, TransientError) as exc:  # a writer may trip over another's half-written state
+        return str(exc)
+    reg = open_registry(url, Path(work))
+    mine = [v for v in reg.storage.version_numbers(NAME)]
+    return (len(mine), f"job{i}")
+
+
+def test_without_the_lock_check_reports_the_forks_racing_writers_cause(tmp_path: Path, server: RegistryServer) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    url = server.url()
+    with concurrent.futures.ProcessPoolExecutor(16, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_racing_job, [url] * 16, [str(tmp_path)] * 16, range(16)))
+    reg = open_registry(url, tmp_path)
+    storage: OciStorage = reg.storage  # type: ignore[assignment]
+    tags = storage._tags(NAME)
+    numbers = [int(t.split("-")[0][1:]) for t in tags if t.startswith("v")]
+    forked_versions = len(numbers) != len(set(numbers))
+    try:
+        events = len(reg.history(NAME))
+    except RegistryError:
+        events = -1  # the chain itself broke
+    registered = len(numbers)
+    lost_events = events != 2 * registered
+    problems = reg.check()
+    if forked_versions or lost_events:
+        assert problems, f"{registered} versions, {events} events, and check saw nothing"
+        if forked_versions:
+            assert any("two tags" in p.message for p in problems), problems
+        if lost_events:
+            assert any(p.where.startswith(f"{NAME} history") for p in problems), problems
+    else:  # the writers happened not to overlap: then there is nothing to report
+        assert problems == []
