@@ -275,11 +275,12 @@ class OciStorage:
             ],
         }
         data_manifest = manifest_json(manifest)
-        # First a tag of its own for this write (`lepton-history-<events>-<sha12>`), then the moving tag: the
-        # trail `history_writes` reads, so `check` sees a write that a racing writer's PUT later hid.
+        # The moving tag, then a tag of its own for this write (`lepton-history-<events>-<sha12>`): the trail
+        # `history_writes` reads, so `check` sees a write that a racing writer's PUT later hid. In this order a
+        # crash between the two PUTs leaves a trail that is still a prefix of the history (no false alarm).
         events = data.count(b"\n")
-        self.client.put_manifest(repo, f"{HISTORY_TAG}-{events}-{hashlib.sha256(data).hexdigest()[:12]}", data_manifest)
         self.client.put_manifest(repo, HISTORY_TAG, data_manifest)
+        self.client.put_manifest(repo, f"{HISTORY_TAG}-{events}-{hashlib.sha256(data).hexdigest()[:12]}", data_manifest)
 
     def history_writes(self, name: str) -> list[tuple[int, str]]:
         repo = self._repo(name)
