@@ -1,4 +1,4 @@
-"""`lepton-ci registry list|show|history|promote|rollback|check|gc`."""
+"""`lepton-ci registry list|show|history|promote|rollback|check|gc|copy`."""
 
 from __future__ import annotations
 
@@ -263,3 +263,36 @@ def gc_cmd(ctx: click.Context, apply: bool, min_age: float, now: bool, as_json: 
     else:
         hint = " (dry run: add --apply to delete)" if gone else ""
         click.echo(f"registry {reg.url}: {len(gone)} file(s), {total}, can be deleted{hint}")
+
+
+@registry_group.command("copy")
+@click.argument("source", metavar="SRC")
+@click.argument("dest", metavar="DEST")
+@click.option("--all", "all_models", is_flag=True, help="Every model in SRC (default: --model, else lepton.yml's).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def copy_cmd(ctx: click.Context, source: str, dest: str, all_models: bool, as_json: bool) -> None:
+    """Copy models from one registry to another, byte for byte (e.g. file://.lepton/registry to oci://HOST/REPO).
+
+    Versions keep their numbers and digests, gate signatures still verify, and the alias history keeps its
+    hash chain. A model that already exists in DEST is refused. DEST is checked afterwards.
+    """
+    from lepton_ci.errors import RegistryError
+    from lepton_ci.registry import open_registry
+    from lepton_ci.registry.shared import ModelRegistry
+
+    config = config_or_none(ctx)
+    base = config.root if config else Path.cwd()
+    src = open_registry(source, base)
+    dst = open_registry(dest, base, create=True)
+    assert isinstance(src, ModelRegistry) and isinstance(dst, ModelRegistry)  # open_registry's only kind
+    names = None if all_models else [_model(ctx)]
+    copied = src.copy_to(dst, names)
+    problems = [p for p in dst.check() if p.severity == "error"]
+    if problems:
+        raise RegistryError(f"{dest} after the copy: {problems[0].where}: {problems[0].message}")
+    if as_json:
+        echo_json([{"model": m, "versions": v, "history_events": e} for m, v, e in copied])
+        return
+    for model, versions, events in copied:
+        click.echo(f"{model}: {versions} version(s) and {events} alias move(s) copied to {dst.url}")

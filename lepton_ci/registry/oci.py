@@ -144,19 +144,25 @@ class OciStorage:
             raise RegistryError(f"{self._repo(name)}:{tag} is not a lepton-ci artifact (no single {media} layer)")
         return found[0]
 
-    def read_manifest(self, name: str, number: int) -> bytes | None:
-        tag = self._version_tag(name, number)
-        if tag is None:
-            return None
+    def _read_layer(self, name: str, tag: str, media: str, limit: int) -> bytes | None:
+        """The one `media` layer of the manifest tagged `tag`, whole and digest-checked; None: no such tag."""
         manifest = self._manifest(name, tag)
         if manifest is None:
             return None
-        layer = self._layer(name, tag, manifest, VERSION_LAYER)
-        if layer["size"] > VERSION_LIMIT:
-            raise RegistryError(f"{self._repo(name)}:{tag}: version manifest of {layer['size']:,} bytes is too large")
-        data = self.client.read_blob(self._repo(name), layer["digest"], VERSION_LIMIT)
+        layer = self._layer(name, tag, manifest, media)
+        where = f"{self._repo(name)}:{tag}"
+        if layer["size"] > limit:
+            raise RegistryError(f"{where}: its {media} layer of {layer['size']:,} bytes is over the {limit:,} limit")
+        data = self.client.read_blob(self._repo(name), layer["digest"], limit)
         if data is None:
-            raise RegistryError(f"{self._repo(name)}:{tag}: its version manifest blob is missing")
+            raise RegistryError(f"{where}: its {media} layer's blob is missing")
+        return data
+
+    def read_manifest(self, name: str, number: int) -> bytes | None:
+        tag = self._version_tag(name, number)
+        data = self._read_layer(name, tag, VERSION_LAYER, VERSION_LIMIT) if tag else None
+        if tag is None or data is None:
+            return None
         try:
             digest = json.loads(data).get("digest")
         except (ValueError, AttributeError):
@@ -244,16 +250,7 @@ class OciStorage:
     # --- history and aliases ----------------------------------------------------------------------------
 
     def read_history(self, name: str) -> bytes | None:
-        manifest = self._manifest(name, HISTORY_TAG)
-        if manifest is None:
-            return None
-        layer = self._layer(name, HISTORY_TAG, manifest, HISTORY_LAYER)
-        if layer["size"] > HISTORY_LIMIT:
-            raise RegistryError(f"{self.history_location(name)}: {layer['size']:,} bytes is too large for a history")
-        data = self.client.read_blob(self._repo(name), layer["digest"], HISTORY_LIMIT)
-        if data is None:
-            raise RegistryError(f"{self.history_location(name)}: the history blob is missing")
-        return data
+        return self._read_layer(name, HISTORY_TAG, HISTORY_LAYER, HISTORY_LIMIT)
 
     def write_history(self, name: str, data: bytes) -> None:
         repo = self._repo(name)

@@ -654,6 +654,44 @@ class ModelRegistry:
                 raise
         return dest
 
+    def copy_to(self, dest: ModelRegistry, names: Sequence[str] | None = None) -> list[tuple[str, int, int]]:
+        """Copy models, byte for byte, into another registry (`registry copy file://… oci://…`): every version
+        under its own number with the same manifest bytes (so digests and gate signatures still verify), its
+        blobs verified on the way, then the alias history document as it is (the hash chain intact) and the
+        aliases. A model that already has versions or history in `dest` is refused, never merged.
+        Returns (model, versions, history events) per model copied."""
+        done = []
+        for name in sorted(names) if names is not None else self.models():
+            check_name(name)
+            numbers = self.version_numbers(name)
+            if not numbers:
+                raise NotFound(f"model {name!r} has no versions in {self.url}")
+            events = self._events(name)  # chain-verified before anything is written
+            with dest.storage.lock(name):
+                if dest.version_numbers(name) or dest.storage.read_history(name) is not None:
+                    raise RegistryError(f"model {name!r} already exists in {dest.url}; copy only into an empty place")
+                for number in numbers:
+                    mv = self._read(name, number)
+                    raw = self.storage.read_manifest(name, number)  # the very bytes, unknown fields and all
+                    if raw is None or parse_manifest(raw, "copy").digest != mv.digest:
+                        raise RegistryError(f"{name} v{number} changed in {self.url} while copying")
+                    with tempfile.TemporaryDirectory(prefix="lepton-copy-") as tmp:
+                        for art in mv.artifacts:
+                            part = Path(tmp) / art["sha256"]
+                            with open(part, "wb") as out:
+                                self._verify_blob(name, art, out, f"{name} v{number}")
+                            digest, size = dest.storage.put_blob(name, part)
+                            if (digest, size) != (art["sha256"], art["size"]):
+                                raise RegistryError(f"{dest.url} stored {art['path']} of {name} v{number} differently")
+                    if not dest.storage.create_manifest(name, number, raw):
+                        raise RegistryError(f"version {number} of {name!r} appeared in {dest.url} while copying")
+                if events:
+                    dest.storage.write_history(name, history_text(events))
+                    for alias, number in current_aliases(events).items():
+                        dest.storage.publish_alias(name, alias, number)
+            done.append((name, len(numbers), len(events)))
+        return done
+
     # integrity
 
     def check(self, verifier: Verifier | None = None) -> list[Problem]:

@@ -22,7 +22,7 @@ from lepton_ci.oci.reference import parse_oci_url
 from lepton_ci.registry import open_registry
 from lepton_ci.registry.oci import MODEL_ARTIFACT, WEIGHT, OciStorage
 from tests.e2e.helpers import assert_one_line_error, cli, make_project
-from tests.support.keys import PRIVATE_PEM
+from tests.support.keys import PRIVATE_PEM, PUBLIC_PEM
 from tests.support.oci_registry import PASSWORD, USER, RegistryServer, free_port
 from tests.support.oci_token import TokenService
 
@@ -405,3 +405,29 @@ def test_registry_stopped_mid_push_fails_in_one_line_or_completes_and_loses_noth
         assert failures, "no stop landed during a push: the test did not test anything"
     finally:
         srv.stop()
+
+
+def test_registry_copy_moves_a_file_registry_to_oci_byte_for_byte(tmp_path: Path, server: RegistryServer) -> None:
+    project = make_project(tmp_path / "proj")
+    env = {"LEPTON_CI_SIGNING_KEY": PRIVATE_PEM}
+    for acc in ("0.9", "0.92"):
+        assert cli("train", "-p", f"acc={acc}", cwd=project, env=env).code == 0
+        assert cli("gate", cwd=project, env=env).code == 0
+        assert cli("tag", cwd=project, env=env).code == 0
+    assert cli("registry", "promote", "1", "production", cwd=project).code == 0
+    assert cli("registry", "promote", "2", "production", cwd=project).code == 0
+    src = open_registry("file://.lepton/registry", project)
+    r = cli("registry", "copy", "file://.lepton/registry", server.url(), cwd=project)
+    assert r.code == 0 and "toy: 2 version(s) and 4 alias move(s) copied" in r.out, r
+    dst = open_registry(server.url(), project)
+    for v in (1, 2):
+        assert dst.get("toy", v).digest == src.get("toy", v).digest
+        assert dst.storage.read_manifest("toy", v) == src.storage.read_manifest("toy", v)
+    assert [e.to_dict() for e in dst.history("toy")] == [e.to_dict() for e in src.history("toy")]
+    assert dst.aliases("toy") == {"candidate": 2, "production": 2}
+    # The gate signatures verify against the copy: deploy-side checks see the same bytes.
+    r = cli("registry", "-r", server.url(), "check", cwd=project, env={"LEPTON_CI_PUBLIC_KEY": PUBLIC_PEM})
+    assert r.code == 0 and "OK" in r.out, r
+    # Copying again is refused, never merged.
+    assert_one_line_error(cli("registry", "copy", "file://.lepton/registry", server.url(), cwd=project), 2,
+                          "already exists")
