@@ -49,6 +49,7 @@ SECRET_ENV_VARS: tuple[str, ...] = (
     "ACTIONS_ID_TOKEN_REQUEST_URL",
     # registry and deploy-target credentials
     "LEPTON_REGISTRY_PASSWORD",
+    "LEPTON_CI_REGISTRY_KEY",  # encryption at rest of registry blobs
     "LEPTON_CI_REGISTRY_PASSWORD",
     "LEPTON_API_TOKEN",
 )

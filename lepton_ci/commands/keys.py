@@ -1,4 +1,5 @@
-"""`lepton-ci keys generate|public|id`: the key pair behind blessings."""
+"""`lepton-ci keys generate|public|id|one-line|registry-key`: the key pair behind blessings, and the
+registry key for encryption at rest."""
 
 from __future__ import annotations
 
@@ -83,3 +84,20 @@ def one_line_cmd(private_key: Path) -> None:
             f"cannot read the private key file: {getattr(exc, 'strerror', None) or 'not text'}", where=str(private_key)
         ) from None
     click.echo(signing.one_line_private(signing.decode_private(pem, str(private_key))))
+
+
+@keys_group.command("registry-key")
+@click.option("--id", "show_id", is_flag=True, help="Print the key id of LEPTON_CI_REGISTRY_KEY instead.")
+def registry_key_cmd(show_id: bool) -> None:
+    """Print a new random key for encrypting registry blobs at rest (store it as the CI secret
+    LEPTON_CI_REGISTRY_KEY), or with --id the id of the key in LEPTON_CI_REGISTRY_KEY."""
+    from lepton_ci.errors import ConfigError
+    from lepton_ci.registry import encryption
+
+    if show_id:
+        key = encryption.load_key()
+        if key is None:
+            raise ConfigError(f"{encryption.KEY_ENV} is not set")
+        click.echo(key.key_id)
+        return
+    click.echo(encryption.new_key_text())

@@ -184,9 +184,11 @@ class OciStorage:
         metadata = mv.get("metadata") or {}
         layers = [
             {
-                "mediaType": layer_media_type(a["path"], metadata.get("model_file")),
-                "digest": f"sha256:{a['sha256']}",
-                "size": a["size"],
+                # An encrypted file is stored as its ciphertext: the layer names those bytes (OCI's +encrypted)
+                "mediaType": layer_media_type(a["path"], metadata.get("model_file"))
+                + ("+encrypted" if "stored" in a else ""),
+                "digest": f"sha256:{(a.get('stored') or a)['sha256']}",
+                "size": (a.get("stored") or a)["size"],
                 "annotations": {TITLE: a["path"], FILEPATH: a["path"]},
             }
             for a in mv["artifacts"]

@@ -126,6 +126,12 @@ def _artifact_problems(artifacts: Any) -> list[str]:
         size = art.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             problems.append(f"artifacts[{i}].size is not a byte count")
+        if "stored" in art:
+            from lepton_ci.registry.encryption import stored_problem
+
+            why = stored_problem(art["stored"], i)
+            if why:
+                problems.append(why)
     seen: set[str] = set()
     for p in paths:
         if p in seen:
@@ -208,7 +214,14 @@ def referenced_blobs(data: bytes) -> set[str] | None:
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("artifacts"), list):
         return None
-    return {a["sha256"] for a in obj["artifacts"] if isinstance(a, dict) and isinstance(a.get("sha256"), str)}
+    found = set()
+    for a in obj["artifacts"]:
+        if isinstance(a, dict):
+            stored = a.get("stored")
+            digest = stored.get("sha256") if isinstance(stored, dict) else a.get("sha256")
+            if isinstance(digest, str):
+                found.add(digest)
+    return found
 
 
 # --- alias history --------------------------------------------------------------------------------------
@@ -549,12 +562,28 @@ class ModelRegistry:
                 f"model file {short_repr(model_file)} is not one of the artifacts ({', '.join(rels)}); "
                 f"set model.file to an artifact path"
             )
+        from lepton_ci.registry import encryption
+
+        key = encryption.load_key()
         stored = []
         for rel, src in files:
             if not Path(src).is_file():
                 raise UserError(f"artifact not found: {src}")
-            digest, size = self.storage.put_blob(name, Path(src))
-            stored.append({"path": rel, "sha256": digest, "size": size})
+            if key is None:
+                digest, size = self.storage.put_blob(name, Path(src))
+                stored.append({"path": rel, "sha256": digest, "size": size})
+                continue
+            with tempfile.TemporaryDirectory(prefix="lepton-enc-") as tmp:
+                sealed, plain, plain_size = key.encrypt_file(Path(src), Path(tmp))
+                digest, size = self.storage.put_blob(name, sealed)
+            stored.append(
+                {
+                    "path": rel,
+                    "sha256": plain,
+                    "size": plain_size,
+                    "stored": {"sha256": digest, "size": size, "cipher": encryption.CIPHER, "key_id": key.key_id},
+                }
+            )
         problems = _artifact_problems(stored)
         if problems:
             raise UserError(f"artifacts cannot be registered: {problems[0]}")
@@ -598,12 +627,25 @@ class ModelRegistry:
 
     def _verify_blob(self, name: str, art: dict[str, Any], sink: Any, what: str) -> None:
         """Stream a blob into `sink` (a writable file or None), hashing as it goes; raise unless its bytes
-        are exactly the ones the manifest names. Stops early once it has read more than the manifest's size."""
-        stream = self.storage.open_blob(name, art["sha256"])
+        are exactly the ones the manifest names. Stops early once it has read more than the manifest's size.
+
+        An encrypted file (an artifact with `stored`) is decrypted on the way, so the plaintext is what gets
+        hashed and written. Without the key, only a check (`sink` None) can proceed: it verifies the stored
+        bytes against `stored`, which proves nothing was changed, though not what they decrypt to."""
+        stored = art.get("stored")
+        if stored is not None:
+            from lepton_ci.registry import encryption
+
+            if sink is None and encryption.load_key() is None:
+                art = {"path": art["path"], "sha256": stored["sha256"], "size": stored["size"]}
+                stored = None
+        stream = self.storage.open_blob(name, stored["sha256"] if stored else art["sha256"])
         if stream is None:
             raise RegistryError(
                 f"blob {art['sha256'][:12]} of {what} ({art['path']}) is missing; run `lepton-ci registry check`"
             )
+        if stored is not None:
+            stream = encryption.key_for(stored, f"{what} ({art['path']})").reader(stream, f"{what} ({art['path']})")
         h = hashlib.sha256()
         size = 0
         with stream:

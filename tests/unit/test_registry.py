@@ -1149,3 +1149,86 @@ def test_concurrent_first_pushes_into_a_new_registry(tmp_path):
         assert failures == [], f"attempt {attempt}: {failures[0]}"
         reg = open_registry(f"file://{root}", tmp_path)
         assert [v.version for v in reg.versions(NAME)] == [1, 2]
+
+
+# --- encryption at rest ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def registry_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    from lepton_ci.registry.encryption import new_key_text
+
+    key = new_key_text()
+    monkeypatch.setenv("LEPTON_CI_REGISTRY_KEY", key)
+    return key
+
+
+def test_encrypted_versions_round_trip_and_the_registry_holds_only_ciphertext(registry, tamper, tmp_path, registry_key,
+                                                                              monkeypatch):
+    from lepton_ci.registry.encryption import CIPHER, SEGMENT, parse_key
+
+    big = os.urandom(2 * SEGMENT + 12345)  # three segments
+    mv = registry.push(NAME, [artifact(tmp_path, big), artifact(tmp_path, b"", "empty.txt")], {"n": 1},
+                       aliases=["production"]).version
+    by_path = {a["path"]: a for a in mv.artifacts}
+    art = by_path["model.bin"]
+    assert art["sha256"] == sha256_bytes(big) and art["size"] == len(big)  # the plaintext, as the gate signs it
+    assert art["stored"]["cipher"] == CIPHER and art["stored"]["key_id"] == parse_key(registry_key).key_id
+    stream = registry.storage.open_blob(NAME, art["stored"]["sha256"])
+    with stream:
+        raw = stream.read()
+    assert big[:4096] not in raw and len(raw) == art["stored"]["size"] and sha256_bytes(raw) == art["stored"]["sha256"]
+    out = registry.fetch(NAME, "production", tmp_path / "out")
+    assert (out / "model.bin").read_bytes() == big and (out / "empty.txt").read_bytes() == b""
+    assert registry.check() == []
+    # The same plaintext encrypts to the same bytes: stored once, and an identical push is idempotent.
+    again = registry.push(NAME, [artifact(tmp_path, big), artifact(tmp_path, b"", "empty.txt")], {"n": 2}).version
+    assert again.artifacts[0]["stored"]["sha256"] in {a["stored"]["sha256"] for a in mv.artifacts}
+
+    # Without the key: reads that need the bytes refuse in one line; check still verifies the stored bytes.
+    monkeypatch.delenv("LEPTON_CI_REGISTRY_KEY")
+    with pytest.raises(RegistryError, match=f"is encrypted \\(key {art['stored']['key_id']}\\): set LEPTON_CI_REGISTRY_KEY"):
+        registry.fetch(NAME, 1, tmp_path / "nokey")
+    assert registry.check() == []
+    from lepton_ci.registry.encryption import new_key_text
+
+    monkeypatch.setenv("LEPTON_CI_REGISTRY_KEY", new_key_text())
+    with pytest.raises(RegistryError, match="wrong key"):
+        registry.fetch(NAME, 1, tmp_path / "wrongkey")
+    assert not (tmp_path / "wrongkey" / "model.bin").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut-at-segment", "swap-segments"])
+def test_a_changed_encrypted_blob_never_decrypts_to_garbage(registry, tamper, tmp_path, registry_key, monkeypatch,
+                                                           damage):
+    from lepton_ci.registry.encryption import HEADER, SEGMENT, TAG
+
+    big = os.urandom(2 * SEGMENT + 100)
+    mv = registry.push(NAME, [artifact(tmp_path, big)], {}).version
+    stored = mv.artifacts[0]["stored"]
+    with registry.storage.open_blob(NAME, stored["sha256"]) as f:
+        raw = f.read()
+    seg = SEGMENT + TAG
+    if damage == "flip":
+        bad = raw[:HEADER + 10] + bytes([raw[HEADER + 10] ^ 1]) + raw[HEADER + 11:]
+    elif damage == "cut-at-segment":
+        bad = raw[:HEADER + seg]  # a whole, valid first segment and nothing after it
+    else:
+        bad = raw[:HEADER] + raw[HEADER + seg:HEADER + 2 * seg] + raw[HEADER:HEADER + seg] + raw[HEADER + 2 * seg:]
+    tamper.replace_blob(stored["sha256"], bad)
+    dest = tmp_path / "out"
+    with pytest.raises(RegistryError, match="cannot decrypt|another size|does not match"):
+        registry.fetch(NAME, 1, dest)
+    assert not (dest / "model.bin").exists()
+    assert errors(registry.check())
+    monkeypatch.delenv("LEPTON_CI_REGISTRY_KEY")
+    assert errors(registry.check())  # without the key, the stored bytes' digest still catches it
+
+
+def test_a_bad_registry_key_is_a_one_line_config_error(registry, tmp_path, monkeypatch):
+    from lepton_ci.errors import ConfigError
+
+    monkeypatch.setenv("LEPTON_CI_REGISTRY_KEY", "not-a-key")
+    with pytest.raises(ConfigError, match="LEPTON_CI_REGISTRY_KEY is not a registry key: expected 32 bytes"):
+        registry.push(NAME, [artifact(tmp_path, b"w")], {})
+    assert registry.version_numbers(NAME) == []
