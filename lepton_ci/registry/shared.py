@@ -718,7 +718,11 @@ class ModelRegistry:
                     if raw is None or parse_manifest(raw, "copy").digest != mv.digest:
                         raise RegistryError(f"{name} v{number} changed in {self.url} while copying")
                     with tempfile.TemporaryDirectory(prefix="lepton-copy-") as tmp:
-                        for art in mv.artifacts:
+                        for entry in mv.artifacts:
+                            # An encrypted file travels as its stored bytes (verified, never decrypted): the
+                            # copy needs no key and names the same blobs.
+                            art = entry.get("stored") or entry
+                            art = {"path": entry["path"], "sha256": art["sha256"], "size": art["size"]}
                             part = Path(tmp) / art["sha256"]
                             with open(part, "wb") as out:
                                 self._verify_blob(name, art, out, f"{name} v{number}")

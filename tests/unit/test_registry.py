@@ -1232,3 +1232,15 @@ def test_a_bad_registry_key_is_a_one_line_config_error(registry, tmp_path, monke
     with pytest.raises(ConfigError, match="LEPTON_CI_REGISTRY_KEY is not a registry key: expected 32 bytes"):
         registry.push(NAME, [artifact(tmp_path, b"w")], {})
     assert registry.version_numbers(NAME) == []
+
+
+def test_copy_moves_encrypted_versions_without_the_key(backend, tmp_path, registry_key, monkeypatch):
+    reg = backend.registry
+    big = os.urandom(1500)
+    reg.push(NAME, [artifact(tmp_path, big)], {"run": {"run_id": "r1"}}, aliases=["production"])
+    dest = open_registry(f"file://{tmp_path / 'copy'}", tmp_path, create=True)
+    monkeypatch.delenv("LEPTON_CI_REGISTRY_KEY")
+    reg.copy_to(dest, [NAME])
+    assert dest.check() == []
+    monkeypatch.setenv("LEPTON_CI_REGISTRY_KEY", registry_key)
+    assert (dest.fetch(NAME, "production", tmp_path / "out") / "model.bin").read_bytes() == big
