@@ -61,3 +61,55 @@ def tag(
     )
     atomic_write_json(tagged_version_path(config.root), result.version.to_dict())
     return result
+
+
+def tag_from(
+    config: Config,
+    source: str,
+    *,
+    gate_path: Path | None = None,
+    aliases: list[str] | None = None,
+    reason: str = "",
+) -> PushResult:
+    """Register the files of an OCI artifact someone else pushed (`oras push`, a ModelKit-style manifest) as
+    the next version. Every layer that names a file (`org.opencontainers.image.title` or
+    `org.cncf.model.filepath`) is downloaded and checked against its digest before anything is registered.
+
+    The gate rule still holds: with `tag.require_gate` (the default) a gate record whose candidate is exactly
+    these files must be given, because an import is otherwise a model no gate has judged."""
+    import tempfile
+
+    from lepton_ci.oci.pull import pull_artifact
+
+    section = config.section("tag")
+    with tempfile.TemporaryDirectory(prefix="lepton-import-") as tmp:
+        pulled = pull_artifact(source, Path(tmp))
+        digest = artifacts_digest(pulled.artifacts)
+        metadata: dict = {"source": {"oci": source, "manifest_digest": pulled.manifest_digest}}
+        gate_path = gate_path or config.gate_path
+        if gate_path.is_file():
+            gate = GateRecord.read(gate_path)
+            if gate.candidate.get("digest") != digest:
+                raise UserError(f"{gate_path} judged other files than {source} holds (artifacts digest differs)")
+            if section.get("require_gate", True) and not gate.passed:
+                raise StepFailed("the gate verdict is fail: not tagging")
+            metadata["gate"] = gate.to_dict()
+        elif section.get("require_gate", True):
+            raise UserError(
+                f"tag --from registers files no gate has judged: give --gate with a gate record of exactly the files "
+                f"of {source}, or set tag.require_gate: false to import without one (deploy then needs "
+                "--allow-unblessed)",
+                where=config.where("tag"),
+            )
+        metadata["framework"] = config.framework
+        paths = [a["path"] for a in pulled.artifacts]
+        if config.model_file and config.model_file in paths:
+            metadata["model_file"] = config.model_file
+        registry = open_registry(config.registry_url, config.root, create=True)
+        wanted = list(aliases) if aliases is not None else list(section.get("aliases", ["candidate"]))
+        files = [(a["path"], Path(tmp) / a["path"]) for a in pulled.artifacts]
+        result = registry.push(
+            config.model_name, files, metadata, aliases=wanted, reason=reason or f"imported from {source}"
+        )
+    atomic_write_json(tagged_version_path(config.root), result.version.to_dict())
+    return result

@@ -431,3 +431,49 @@ def test_registry_copy_moves_a_file_registry_to_oci_byte_for_byte(tmp_path: Path
     # Copying again is refused, never merged.
     assert_one_line_error(cli("registry", "copy", "file://.lepton/registry", server.url(), cwd=project), 2,
                           "already exists")
+
+
+def test_tag_from_registers_what_oras_pushed_and_refuses_what_escapes(tmp_path: Path, server: RegistryServer) -> None:
+    import oras.client
+
+    work = tmp_path / "oras"
+    (work / "weights").mkdir(parents=True)
+    (work / "weights" / "model.safetensors").write_bytes(os.urandom(50_000))
+    (work / "config.json").write_bytes(b'{"layers": 4}')
+    client = oras.client.OrasClient(hostname=server.host, insecure=True)
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        client.push(target=f"{server.host}/imports/external:1.0", files=["weights/model.safetensors", "config.json"])
+    finally:
+        os.chdir(cwd)
+    project = make_project(tmp_path / "proj")
+    env = {"LEPTON_CI_REGISTRY": server.url()}
+    source = f"oci://{server.host}/imports/external:1.0"
+    assert_one_line_error(cli("tag", "--from", source, cwd=project, env=env), 2, "tag.require_gate")
+    with open(project / "lepton.yml", "a") as f:
+        f.write("tag:\n  require_gate: false\n")
+    r = cli("tag", "--from", source, "--json", cwd=project, env=env)
+    assert r.code == 0, r
+    mv = json.loads(r.out)
+    assert {a["path"] for a in mv["artifacts"]} == {"model.safetensors", "config.json"}  # oras titles by basename
+    assert mv["metadata"]["source"]["oci"] == source and mv["metadata"]["source"]["manifest_digest"].startswith("sha256:")
+    out = open_registry(server.url(), project).fetch("toy", 1, tmp_path / "out")
+    assert (out / "model.safetensors").read_bytes() == (work / "weights" / "model.safetensors").read_bytes()
+    # by digest, too
+    by_digest = source.rsplit(":", 1)[0] + "@" + mv["metadata"]["source"]["manifest_digest"]
+    assert cli("tag", "--from", by_digest, cwd=project, env=env).code == 0
+
+    # A manifest whose layer names a path outside the destination is refused before anything is written.
+    oci = OciClient(parse_oci_url(server.url("imports/evil")), credentials=None)
+    blob = oci.push_bytes("imports/evil", b"pwned")
+    empty = oci.push_bytes("imports/evil", b"{}")
+    evil = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": blob, "size": 5,
+                        "annotations": {"org.opencontainers.image.title": "../../evil.sh"}}]}
+    oci.put_manifest("imports/evil", "1.0", json.dumps(evil).encode())
+    r = cli("tag", "--from", f"oci://{server.host}/imports/evil:1.0", cwd=project, env=env)
+    assert_one_line_error(r, 2, "../../evil.sh", "refused")
+    assert not (tmp_path / "evil.sh").exists() and not (project.parent / "evil.sh").exists()
+    assert open_registry(server.url(), project).version_numbers("toy") == [1, 2]
