@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: maps every exception to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     _register_secrets()
+    if "--json" in args:  # machine output: no progress bars on stderr either
+        from lepton_ci import progress
+
+        progress.disable()
     try:
         cli.main(args=args, prog_name="lepton-ci", standalone_mode=False)
         return 0

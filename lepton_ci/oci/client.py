@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin
@@ -35,6 +35,7 @@ from lepton_ci.forge.http import mask
 from lepton_ci.forge.session import NoLeakSession
 from lepton_ci.oci.auth import Credentials, TokenCache, basic_header, find_credentials, parse_challenge
 from lepton_ci.oci.reference import RegistryRef
+from lepton_ci.progress import CountingReader, transfer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -336,11 +337,11 @@ class OciClient:
         attempts = max(1, self.retries)
         for attempt in range(attempts):
             try:
-                with open(path, "rb") as f:
+                with open(path, "rb") as f, transfer(f"push {path.name}", size) as advance:
                     if size > self.chunk_size:
-                        self._upload_chunked(repo, f, digest, size, scope, what)
+                        self._upload_chunked(repo, f, digest, size, scope, what, advance)
                     else:
-                        self._upload_monolithic(repo, f, digest, size, scope, what)
+                        self._upload_monolithic(repo, CountingReader(f, advance), digest, size, scope, what)
                 return True
             except TransientError:
                 if attempt == attempts - 1:
@@ -362,14 +363,16 @@ class OciClient:
                     raise
         return digest  # pragma: no cover
 
-    def _upload_monolithic(self, repo: str, f: BinaryIO, digest: str, size: int, scope: str, what: str) -> None:
+    def _upload_monolithic(self, repo: str, f: Any, digest: str, size: int, scope: str, what: str) -> None:
         location = self._start_upload(repo, scope, what)
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         resp = self.request("PUT", location, scope, headers=headers, body=f, params={"digest": digest}, what=what)
         if resp.status_code != 201:
             raise self.fail(resp, what)
 
-    def _upload_chunked(self, repo: str, f: BinaryIO, digest: str, size: int, scope: str, what: str) -> None:
+    def _upload_chunked(
+        self, repo: str, f: BinaryIO, digest: str, size: int, scope: str, what: str, advance: Callable[[int], None]
+    ) -> None:
         location = self._start_upload(repo, scope, what)
         offset = 0
         while offset < size:
@@ -387,6 +390,7 @@ class OciClient:
                 raise self.fail(resp, what)
             location = urljoin(resp.url, resp.headers["Location"])
             offset = end + 1
+            advance(len(chunk))
         resp = self.request(
             "PUT", location, scope, headers={"Content-Length": "0"}, params={"digest": digest}, what=what
         )

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lepton_ci import progress
 from lepton_ci.errors import LeptonError, NotFound, RegistryError, TransientError, UserError
 from lepton_ci.fsutil import CHUNK, JsonProblem, canonical_json, loads_strict, sha256_bytes, short_repr
 from lepton_ci.records import ModelVersion, artifacts_digest
@@ -687,8 +688,8 @@ class ModelRegistry:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as out:
-                    self._verify_blob(name, art, out, what)
+                with os.fdopen(fd, "wb") as out, progress.transfer(f"fetch {art['path']}", art["size"]) as advance:
+                    self._verify_blob(name, art, progress.CountingWriter(out, advance), what)
                 os.replace(tmp, target)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):

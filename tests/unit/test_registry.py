@@ -1244,3 +1244,18 @@ def test_copy_moves_encrypted_versions_without_the_key(backend, tmp_path, regist
     assert dest.check() == []
     monkeypatch.setenv("LEPTON_CI_REGISTRY_KEY", registry_key)
     assert (dest.fetch(NAME, "production", tmp_path / "out") / "model.bin").read_bytes() == big
+
+
+def test_transfers_show_progress_only_on_a_terminal(backend, tmp_path, monkeypatch, capsys):
+    from lepton_ci import progress
+
+    big = os.urandom(progress.MIN_BYTES + 1)
+    monkeypatch.setenv("LEPTON_CI_PROGRESS", "1")  # as if stderr were a terminal
+    backend.registry.push(NAME, [artifact(tmp_path, big)], {})
+    backend.registry.fetch(NAME, 1, tmp_path / "out")
+    shown = capsys.readouterr().err
+    assert "fetch model.bin" in shown and ("push model.bin" in shown or backend.name == "file")
+    monkeypatch.delenv("LEPTON_CI_PROGRESS")  # pytest's stderr is not a terminal: nothing is drawn
+    backend.registry.fetch(NAME, 1, tmp_path / "out2")
+    assert capsys.readouterr().err == ""
+    assert not progress.wanted(progress.MIN_BYTES - 1)
