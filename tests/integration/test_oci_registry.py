@@ -23,6 +23,7 @@ from lepton_ci.registry import open_registry
 from lepton_ci.registry.oci import MODEL_ARTIFACT, WEIGHT, OciStorage
 from tests.e2e.helpers import assert_one_line_error, cli, make_project
 from tests.support.keys import PRIVATE_PEM, PUBLIC_PEM
+from tests.support.oci_faults import FaultProxy
 from tests.support.oci_registry import PASSWORD, USER, RegistryServer, free_port
 from tests.support.oci_token import TokenService
 
@@ -477,3 +478,83 @@ def test_tag_from_registers_what_oras_pushed_and_refuses_what_escapes(tmp_path: 
     assert_one_line_error(r, 2, "../../evil.sh", "refused")
     assert not (tmp_path / "evil.sh").exists() and not (project.parent / "evil.sh").exists()
     assert open_registry(server.url(), project).version_numbers("toy") == [1, 2]
+
+
+# --- a misbehaving server (a fault proxy in front of the real one) -----------------------------------------
+
+
+@pytest.fixture()
+def proxy(server: RegistryServer) -> Iterator[FaultProxy]:
+    with FaultProxy(f"http://{server.host}") as p:
+        yield p
+
+
+def quick(url: str, tmp_path: Path) -> OciStorage:
+    """A registry whose client retries fast (the retries are what is tested, not the waiting)."""
+    reg = open_registry(url, tmp_path)
+    storage: OciStorage = reg.storage  # type: ignore[assignment]
+    storage.client = OciClient(parse_oci_url(url), credentials=None, retries=2)
+    storage.client.session.adapters["http://"].max_retries.backoff_factor = 0  # type: ignore[attr-defined]
+    return storage
+
+
+def test_5xx_and_429_are_retried_then_transient_never_absent(tmp_path: Path, proxy: FaultProxy) -> None:
+    reg = open_registry(proxy.url(), tmp_path)
+    reg.push(NAME, files(tmp_path, model__bin=b"w"), {}, aliases=["production"])
+    storage = quick(proxy.url(), tmp_path)
+    proxy.fail(r"GET /v2/team/models/digits/tags/list", status=503, headers={"Retry-After": "0"})
+    assert storage.version_numbers(NAME) == [1]  # one 503, then the retry answers
+    proxy.fail(r"GET /v2/team/models/digits/tags/list", status=429, headers={"Retry-After": "0"})
+    assert storage.version_numbers(NAME) == [1]
+    proxy.fail(r"GET /v2/team/models/digits/tags/list", status=500, times=10)
+    with pytest.raises(TransientError, match="answered 500"):
+        storage.version_numbers(NAME)
+
+
+@pytest.mark.parametrize(
+    "fault,error,match",
+    [
+        ({"status": 200, "body": b"<html>not json</html>"}, RegistryError, "not its JSON list"),
+        ({"status": 200, "body": b'{"tags": [1, 2]}'}, RegistryError, "not its JSON list"),
+        ({"status": 404, "body": b"Not Found"}, RegistryError, "answered 404"),  # a proxy's bare 404: not "absent"
+        ({"status": 401, "body": b""}, RegistryError, "refused anonymous access"),
+        ({"status": 403, "body": b'{"errors": [{"code": "DENIED", "message": "no"}]}'}, RegistryError, "denied"),
+    ],
+    ids=["html", "wrong-types", "bare-404", "401-no-challenge", "403"],
+)
+def test_garbage_and_refusals_are_errors_never_an_empty_registry(
+    tmp_path: Path, proxy: FaultProxy, fault: dict, error: type, match: str
+) -> None:
+    reg = open_registry(proxy.url(), tmp_path)
+    reg.push(NAME, files(tmp_path, model__bin=b"w"), {}, aliases=["production"])
+    storage = quick(proxy.url(), tmp_path)
+    proxy.fail(r"GET /v2/team/models/digits/tags/list", **fault)
+    with pytest.raises(error, match=match) as info:
+        storage.version_numbers(NAME)
+    assert not isinstance(info.value, NotFound)
+
+
+def test_a_manifest_whose_bytes_do_not_match_its_digest_is_refused(tmp_path: Path, proxy: FaultProxy) -> None:
+    reg = open_registry(proxy.url(), tmp_path)
+    mv = reg.push(NAME, files(tmp_path, model__bin=b"w"), {}).version
+    tag = f"v1-{mv.digest.removeprefix('sha256:')[:12]}"
+    real = OciClient(parse_oci_url(proxy.url()), credentials=None).get_manifest("team/models/digits", tag)
+    assert real is not None
+    forged = real[0].replace(b'"v1"', b'"v9"')
+    proxy.fail(rf"GET /v2/team/models/digits/manifests/{tag}", status=200, body=forged,
+               headers={"Content-Type": real[1], "Docker-Content-Digest": real[2]})
+    with pytest.raises(RegistryError, match="do not match the registry's own digest"):
+        quick(proxy.url(), tmp_path).read_manifest(NAME, 1)
+
+
+def test_a_download_cut_mid_blob_resumes_with_a_range_request(tmp_path: Path, proxy: FaultProxy) -> None:
+    reg = open_registry(proxy.url(), tmp_path)
+    big = os.urandom(3 * 1024 * 1024)
+    mv = reg.push(NAME, files(tmp_path, model__bin=big), {}).version
+    blob = mv.artifacts[0]["sha256"]
+    proxy.fail(rf"GET /v2/team/models/digits/blobs/sha256:{blob}", cut_after=1_000_000)
+    proxy.fail(rf"GET /v2/team/models/digits/blobs/sha256:{blob}", cut_after=700_000)
+    out = reg.fetch(NAME, 1, tmp_path / "out")
+    assert (out / "model.bin").read_bytes() == big
+    ranges = [r["range"] for r in proxy.requests if blob in r["line"] and r["line"].startswith("GET")]
+    assert ranges[0] is None and ranges[1] == "bytes=1000000-" and ranges[2] == "bytes=1700000-", ranges
