@@ -88,8 +88,13 @@ class FaultProxy:
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 resp = requests.request(
-                    self.command, proxy.upstream + self.path, headers=headers, data=body, stream=True,
-                    allow_redirects=False, timeout=60,
+                    self.command,
+                    proxy.upstream + self.path,
+                    headers=headers,
+                    data=body,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=60,
                 )
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.items():

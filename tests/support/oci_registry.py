@@ -25,7 +25,9 @@ def registry_binary() -> str:
     exe = os.environ.get("LEPTON_DOCKER_REGISTRY") or shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not os.path.exists(exe):
         if os.environ.get("CI") == "true":
-            pytest.fail("docker-registry is missing (apt-get install docker-registry; scripts/test installs it as root)")
+            pytest.fail(
+                "docker-registry is missing (apt-get install docker-registry; scripts/test installs it as root)"
+            )
         pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
     return exe
 
@@ -45,7 +47,9 @@ def _htpasswd(path: Path) -> None:
 class RegistryServer:
     """`docker-registry serve` with a config of our own; `root` is its storage (tests may tamper with it)."""
 
-    def __init__(self, directory: Path, *, htpasswd: bool = False, token_auth: str = "", port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, htpasswd: bool = False, token_auth: str = "", port: int | None = None
+    ) -> None:
         """`token_auth`: the `auth: token:` section of a TokenService (tests/support/oci_token.py)."""
         self.dir = Path(directory)
         self.token_auth = token_auth
@@ -71,8 +75,7 @@ class RegistryServer:
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root}\n  delete:\n    enabled: true\n"
             "  cache:\n    blobdescriptor: ''\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: lepton-test-secret\n"
-            + auth
+            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: lepton-test-secret\n" + auth
         )
 
     def start(self) -> RegistryServer:

@@ -44,7 +44,7 @@ class TokenService:
         self.anonymous_pull = anonymous_pull
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -69,10 +69,22 @@ class TokenService:
         return f"http://127.0.0.1:{self._server.server_address[1]}/token"
 
     def token(self, subject: str, access: list[dict[str, Any]]) -> str:
-        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
+        header = {
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()],
+        }
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
-                  "jti": secrets.token_hex(8), "access": access}
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
         signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
         return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
