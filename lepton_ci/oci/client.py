@@ -509,6 +509,50 @@ class OciClient:
             raise RegistryError(f"{what}: this registry does not offer the catalog (_catalog)")
         return [r for page in pages for r in page]
 
+    # ---- referrers (OCI 1.1), with the tag-schema fallback for registries without the API ---------------
+
+    @staticmethod
+    def fallback_tag(subject: str) -> str:
+        """The referrers tag schema: `sha256-<hex>` names an index of the artifacts that refer to `subject`."""
+        return subject.replace(":", "-")
+
+    def referrers(self, repo: str, subject: str, artifact_type: str | None = None) -> list[dict[str, Any]]:
+        """Descriptors of the manifests whose `subject` is `subject`: the referrers API where the registry has
+        it, else the fallback tag's index (distribution 2.8, older Harbor and ECR answer 404)."""
+        what = f"listing referrers of {subject[:19]} in {repo}"
+        resp = self.request("GET", f"/v2/{repo}/referrers/{subject}", self.scope(repo), what=what)
+        if resp.status_code == 200 and "json" in resp.headers.get("Content-Type", ""):
+            manifests = resp.json().get("manifests") or []
+        elif resp.status_code in (404, 405):
+            got = self.get_manifest(repo, self.fallback_tag(subject))
+            manifests = json.loads(got[0]).get("manifests") or [] if got else []
+        else:
+            raise self.fail(resp, what)
+        return [m for m in manifests if artifact_type is None or m.get("artifactType") == artifact_type]
+
+    def attach(self, repo: str, subject: dict[str, Any], manifest: dict[str, Any]) -> str:
+        """Push `manifest` with `subject` set; where the registry has no referrers API, also add it to the
+        fallback tag's index (read, append, write: serialised like every registry write, by the CI's lock)."""
+        body = manifest_json({**manifest, "subject": subject})
+        resp_digest = self.put_manifest(repo, digest_bytes(body), body, manifest.get("mediaType", OCI_MANIFEST))
+        probe = self.request(
+            "GET", f"/v2/{repo}/referrers/{subject['digest']}", self.scope(repo), what="probing the referrers API"
+        )
+        if probe.status_code == 200 and "json" in probe.headers.get("Content-Type", ""):
+            return resp_digest
+        tag = self.fallback_tag(subject["digest"])
+        got = self.get_manifest(repo, tag)
+        index: dict[str, Any] = json.loads(got[0]) if got else {"schemaVersion": 2, "mediaType": OCI_INDEX}
+        listed: list[dict[str, Any]] = index.setdefault("manifests", [])
+        entry: dict[str, Any] = {"mediaType": manifest.get("mediaType", OCI_MANIFEST), "digest": resp_digest}
+        entry["size"] = len(body)
+        if manifest.get("artifactType"):
+            entry["artifactType"] = manifest["artifactType"]
+        if all(m.get("digest") != resp_digest for m in listed):
+            listed.append(entry)
+        self.put_manifest(repo, tag, manifest_json(index), OCI_INDEX)
+        return resp_digest
+
 
 class _ResumingStream(io.RawIOBase):
     """A blob download that picks up where it broke (`Range: bytes=N-`), a few times, then gives up."""

@@ -558,3 +558,27 @@ def test_a_download_cut_mid_blob_resumes_with_a_range_request(tmp_path: Path, pr
     assert (out / "model.bin").read_bytes() == big
     ranges = [r["range"] for r in proxy.requests if blob in r["line"] and r["line"].startswith("GET")]
     assert ranges[0] is None and ranges[1] == "bytes=1000000-" and ranges[2] == "bytes=1700000-", ranges
+
+
+def test_referrers_fall_back_to_the_tag_schema_on_a_registry_without_the_api(tmp_path: Path, server: RegistryServer) -> None:
+    reg = open_registry(server.url(), tmp_path)
+    mv = reg.push(NAME, files(tmp_path, model__bin=b"w"), {})
+    repo = "team/models/digits"
+    client = OciClient(parse_oci_url(server.url()), credentials=None)
+    tag = f"v1-{mv.version.digest.removeprefix('sha256:')[:12]}"
+    data, media, digest = client.get_manifest(repo, tag)
+    subject = {"mediaType": media, "digest": digest, "size": len(data)}
+    empty = client.push_bytes(repo, b"{}")
+    config = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}
+    for kind in ("application/vnd.example.sbom", "application/vnd.example.signature"):
+        art = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": kind,
+               "config": config, "layers": []}
+        client.attach(repo, subject, art)
+    client.attach(repo, subject, art)  # attaching the same artifact again lists it once
+    found = client.referrers(repo, digest)
+    assert sorted(m["artifactType"] for m in found) == ["application/vnd.example.sbom", "application/vnd.example.signature"]
+    assert [m["artifactType"] for m in client.referrers(repo, digest, "application/vnd.example.sbom")] == [
+        "application/vnd.example.sbom"
+    ]
+    assert client.fallback_tag(digest) in client.list_tags(repo)
+    assert reg.check() == []  # the fallback tag is not mistaken for a version
