@@ -200,7 +200,8 @@ def check_cmd(ctx: click.Context, public_keys: tuple[str, ...], as_json: bool) -
 
     reg = _registry(ctx)
     verifier = _signature_verifier(ctx, public_keys)
-    problems = reg.check(verifier=verifier)
+    only = [ctx.obj["model"]] if ctx.obj.get("model") else None  # -m NAME: that model alone
+    problems = reg.check(verifier=verifier, names=only)
     if verifier is None:
         click.echo("note: no public key configured: gate signatures were not checked", err=True)
     errors = [p for p in problems if p.severity == "error"]

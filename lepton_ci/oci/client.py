@@ -504,10 +504,16 @@ class OciClient:
 
     def catalog(self) -> list[str]:
         what = f"listing repositories of {self.ref.host}"
-        pages = self._pages("/v2/_catalog", "registry:catalog:*", "repositories", what)
-        if pages is None:
-            raise RegistryError(f"{what}: this registry does not offer the catalog (_catalog)")
-        return [r for page in pages for r in page]
+        hint = "this registry does not list its repositories (_catalog): name the model, e.g. `registry -m NAME check`"
+        try:
+            pages = self._pages("/v2/_catalog", "registry:catalog:*", "repositories", what)
+            if pages is None:
+                raise RegistryError(f"{what}: {hint}")
+            return [r for page in pages for r in page]
+        except RegistryError as exc:
+            if "(_catalog)" in exc.message:
+                raise
+            raise RegistryError(f"{exc.message}; {hint}") from None
 
     # ---- referrers (OCI 1.1), with the tag-schema fallback for registries without the API ---------------
 

@@ -100,6 +100,8 @@ class OciStorage:
     # --- versions ---------------------------------------------------------------------------------------
 
     def models(self) -> list[str]:
+        """Models under the base repository, from the catalog. Registries that keep their catalog to
+        themselves (GHCR, Docker Hub) refuse: then name the model (`registry -m NAME check`)."""
         prefix = self.ref.repository + "/"
         return sorted(
             {r[len(prefix) :] for r in self.client.catalog() if r.startswith(prefix) and "/" not in r[len(prefix) :]}

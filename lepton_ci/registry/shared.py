@@ -741,16 +741,18 @@ class ModelRegistry:
 
     # integrity
 
-    def check(self, verifier: Verifier | None = None) -> list[Problem]:
+    def check(self, verifier: Verifier | None = None, names: Sequence[str] | None = None) -> list[Problem]:
         """Every problem in the registry: errors (damage, forgery) and warnings (leftovers gc removes).
 
         `verifier` is called with every version that passed the digest checks (for example to verify the
-        gate signature with a public key) and returns a problem message or None.
+        gate signature with a public key) and returns a problem message or None. `names` limits the check
+        to those models (a registry that cannot list its repositories, such as GHCR, needs it); then blobs
+        are not checked for being referenced, since other models' versions may reference them.
         """
         problems: list[Problem] = []
         referenced: set[str] = set()
         blob_verdicts: dict[tuple[str, int], str | None] = {}
-        for name in self.storage.models():
+        for name in self.storage.models() if names is None else [check_name(n) for n in names]:
             if not NAME_RE.fullmatch(name):
                 problems.append(Problem(f"model {name!r}", "not a valid model name (not written by lepton-ci)"))
             numbers = self.storage.version_numbers(name)
@@ -789,6 +791,8 @@ class ModelRegistry:
                     if message:
                         problems.append(Problem(where, message))
             problems += self._check_history(name, set(numbers))
+        if names is not None:
+            return problems
         for blob in self.storage.blobs():
             if blob.key not in referenced:
                 problems.append(

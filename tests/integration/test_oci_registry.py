@@ -582,3 +582,16 @@ def test_referrers_fall_back_to_the_tag_schema_on_a_registry_without_the_api(tmp
     ]
     assert client.fallback_tag(digest) in client.list_tags(repo)
     assert reg.check() == []  # the fallback tag is not mistaken for a version
+
+
+def test_a_registry_without_a_catalog_is_checked_model_by_model(tmp_path: Path, proxy: FaultProxy) -> None:
+    """GHCR and Docker Hub keep their catalog to themselves: `registry check` says to name the model, and
+    `registry -m NAME check` checks it."""
+    project = make_project(tmp_path / "proj")
+    reg = open_registry(proxy.url(), tmp_path)
+    reg.push("toy", files(tmp_path, model__bin=b"w"), {}, aliases=["production"])
+    proxy.fail(r"GET /v2/_catalog", status=403, body=b'{"errors": [{"code": "DENIED", "message": "no catalog"}]}',
+               times=2)
+    assert_one_line_error(cli("registry", "-r", proxy.url(), "check", cwd=project), 2, "registry -m NAME check")
+    r = cli("registry", "-r", proxy.url(), "-m", "toy", "check", cwd=project)
+    assert r.code == 0 and "OK" in r.out, r
