@@ -101,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: maps every exception to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     _register_secrets()
-    if "--json" in args:  # machine output: no progress bars on stderr either
-        from lepton_ci import progress
+    from lepton_ci import progress
 
-        progress.disable()
+    progress.set_enabled("--json" not in args)  # machine output: no progress bars on stderr either
     try:
         cli.main(args=args, prog_name="lepton-ci", standalone_mode=False)
         return 0

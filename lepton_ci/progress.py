@@ -1,7 +1,7 @@
 """Progress bars for registry transfers (rich): bytes, rate and time left, on stderr.
 
 Shown only where someone watches: stderr is a terminal, the transfer is at least `MIN_BYTES`, the command
-did not ask for machine output (`--json` calls `disable()`), and `LEPTON_CI_PROGRESS` is not `0`. In CI
+did not ask for machine output (`--json`: see `set_enabled`), and `LEPTON_CI_PROGRESS` is not `0`. In CI
 logs (not a TTY) nothing is drawn, so logs stay one line per event. rich is imported only when a bar is
 actually drawn, so `lepton-ci --help` never loads it.
 """
@@ -18,9 +18,10 @@ MIN_BYTES = 8 * 1024 * 1024
 _disabled = False
 
 
-def disable() -> None:
+def set_enabled(enabled: bool) -> None:
+    """The CLI calls this per command: off for `--json` (machine output), on otherwise."""
     global _disabled
-    _disabled = True
+    _disabled = not enabled
 
 
 def wanted(total: int) -> bool:
