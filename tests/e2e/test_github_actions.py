@@ -1,12 +1,17 @@
 """GitHub Actions for real: act runs the workflows of docs/github-actions.md (tests/e2e/workflows/) in host
-mode on a copy of examples/sklearn-digits, against the GitHub API stand-in (tests/support/github_standin.py),
-which checks every request against GitHub's OpenAPI description.
+mode on a copy of examples/sklearn-digits (or a new wine project, tests/support/wine_project.py), against the
+GitHub API stand-in (tests/support/github_standin.py), which checks every request against GitHub's OpenAPI
+description.
 
 - the step actions (`lepton/ci/actions/<step>@v1`): train, gate, tag, deploy (local), report; run twice,
   as a rerun of the same pull request (one sticky comment created, then updated in place), then once more
   after a push that fails the gate (the job fails, the report still updates the comment);
 - the umbrella action (`lepton/ci@v1`, `step: run`) on another pull request;
-- the act command line of docs/github-actions.md as printed, with docs/examples/github/pull_request.json;
+- the act command line of docs/github-actions.md as printed, with docs/examples/github/pull_request.json,
+  on the new wine project (not the shipped example) with the quick start as its workflow;
+- the GHCR workflow (lepton-oci.yml) as printed in the docs but for the registry's host: a real CNCF
+  distribution server on loopback with htpasswd auth (tests/support/oci_registry.py), two pushes to one
+  pull request, the second gated against the `production` the first deployed;
 - settings precedence (tests/e2e/workflows/checks/settings.yml): a job-level LEPTON_CI_REGISTRY and
   LEPTON_CI_CONFIG reach every action given no input, a non-empty input wins; `lepton-ci` is on PATH for
   plain `run:` steps; the gate's outputs name its baseline;
@@ -39,14 +44,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
+from tests.support.checkout import ROOT, copy_checkout, git, host_job_env
+from tests.support.docker import wheelhouse
 from tests.support.keys import PRIVATE_ONE_LINE, commit_public_key
+from tests.support.oci_registry import PASSWORD as REGISTRY_PASSWORD
+from tests.support.oci_registry import USER as REGISTRY_USER
+from tests.support.oci_registry import RegistryServer
 from tests.support.tools import github_actions_tool
+from tests.support.wine_project import write_wine_project
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sklearn-digits"
 WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 DOCS = ROOT / "docs" / "github-actions.md"
@@ -54,7 +65,10 @@ EXAMPLE_EVENT = ROOT / "docs" / "examples" / "github" / "pull_request.json"
 REPO = "octo/digits"
 STICKY = "<!-- lepton-ci:sticky model=digits workflow=lepton -->"
 STICKY_PIPELINE = "<!-- lepton-ci:sticky model=digits workflow=lepton-pipeline -->"
+STICKY_OCI = "<!-- lepton-ci:sticky model=digits workflow=lepton-oci -->"
+STICKY_WINE = "<!-- lepton-ci:sticky model=wine workflow=lepton -->"
 DOC_PR = 1  # the pull request number of docs/examples/github/pull_request.json
+OCI_PR = 9
 TOKEN = "ghs_" + secrets.token_hex(18)  # a canary: must never show in any log
 SIGNING_KEY = PRIVATE_ONE_LINE
 ACT_FLAGS = ["-P", "self-hosted=-self-hosted", "-P", "gpu=-self-hosted", "-P", "ubuntu-latest=-self-hosted"]
@@ -67,37 +81,6 @@ PASSTHROUGH = re.compile(
 
 
 tool = github_actions_tool
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=CI", "-c", "user.email=ci@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
-
-
-def copy_checkout(dest: Path) -> Path:
-    """What a clone of this repository would hold: tracked and unignored files (no .venv, no caches)."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 class StandIn:
@@ -123,6 +106,8 @@ class StandIn:
                 REPO,
                 "--token",
                 TOKEN,
+                "--token",  # what the lepton-oci run gives act as GITHUB_TOKEN: the registry's password
+                REGISTRY_PASSWORD,
                 "--prs",
                 ",".join(map(str, prs)),
             ],
@@ -187,27 +172,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.fail("git is needed to run act")
     d = tmp_path_factory.mktemp("github-actions")
     src = copy_checkout(d / "lepton-ci")
-    wheels = d / "wheels"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "-w",
-            str(wheels),
-            f"{src}[sklearn,serve]",
-            "setuptools>=61",
-            "wheel",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    wheels = wheelhouse(d / "wheels", f"{src}[sklearn,serve]", "setuptools>=61", "wheel")
     for built in wheels.glob("lepton_ci-*.whl"):
         built.unlink()  # the actions install lepton-ci itself from their own source (or the split test's wheel)
-    standin = StandIn(d, prs=[DOC_PR, 7, 8])
+    standin = StandIn(d, prs=[DOC_PR, 7, 8, OCI_PR])
     try:
         yield Lab(d, src, standin, act, wheels)
     finally:
@@ -220,18 +188,22 @@ def _no_contract_violations(lab: Lab) -> Iterator[None]:
     assert lab.standin.violations() == [], "requests that broke GitHub's API contract"
 
 
-def make_project(lab: Lab, name: str) -> tuple[Path, str]:
-    """A copy of the example in a git repository whose origin is github.com/octo/digits; returns (repo, sha)."""
+def make_project(lab: Lab, name: str, *, wine: bool = False) -> tuple[Path, str]:
+    """A copy of the example (or, with `wine`, the new wine project of tests/support/wine_project.py) in a git
+    repository whose origin is github.com/octo/digits; returns (repo, sha)."""
     repo = lab.dir / name
-    repo.mkdir()
-    for f in ("lepton.yml", "train.py", ".gitignore"):
-        shutil.copy2(EXAMPLE / f, repo / f)
-    commit_public_key(repo)
-    _git(repo, "init", "-q", "-b", "smaller-c")
-    _git(repo, "remote", "add", "origin", f"https://github.com/{REPO}.git")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", f"digits model ({name})")  # one commit sha per project
-    return repo, _git(repo, "rev-parse", "HEAD")
+    if wine:
+        write_wine_project(repo)
+    else:
+        repo.mkdir()
+        for f in ("lepton.yml", "train.py", ".gitignore"):
+            shutil.copy2(EXAMPLE / f, repo / f)
+        commit_public_key(repo)
+    git(repo, "init", "-q", "-b", "smaller-c")
+    git(repo, "remote", "add", "origin", f"https://github.com/{REPO}.git")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"{'wine' if wine else 'digits'} model ({name})")  # one commit sha per project
+    return repo, git(repo, "rev-parse", "HEAD")
 
 
 def pull_request_event(path: Path, pr: int, sha: str) -> Path:
@@ -274,6 +246,7 @@ def run_act(
     env: dict[str, str] | None = None,
     timeout: float = 300,
     extra: list[str] | None = None,
+    token: str = TOKEN,
 ) -> ActRun:
     """`act pull_request` in host mode, in `project`, with lepton's actions served from local directories."""
     cmd = [
@@ -285,7 +258,7 @@ def run_act(
         str(workflow),
         *ACT_FLAGS,
         "-s",
-        f"GITHUB_TOKEN={TOKEN}",
+        f"GITHUB_TOKEN={token}",
         "-s",
         f"LEPTON_CI_SIGNING_KEY={SIGNING_KEY}",
         "--env",
@@ -306,13 +279,8 @@ def act_command(
     cmd = [*cmd, "--action-cache-path", str(cache), "--no-cache-server"]
     for key, value in {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(lab.wheels), **(env or {})}.items():
         cmd += ["--env", f"{key}={value}"]
-    run_env = {k: v for k, v in os.environ.items() if PASSTHROUGH.match(k)}
     # The actions make their venv with `python3` from PATH: the system one, not this test's venv.
-    run_env["PATH"] = os.pathsep.join(
-        p
-        for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-        if p and not p.startswith(sys.prefix + os.sep)
-    )
+    run_env = host_job_env(PASSTHROUGH)
     for key in ("no_proxy", "NO_PROXY"):
         run_env[key] = ",".join(filter(None, [run_env.get(key), "127.0.0.1", "localhost"]))
     start = time.monotonic()
@@ -423,8 +391,8 @@ def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
     # one comment, the commit gets a failure status and the failed rule an annotation on its line.
     config = project / "lepton.yml"
     config.write_text(config.read_text().replace("min: 0.90", "min: 0.999"))
-    _git(project, "commit", "-qam", "demand more")
-    sha2 = _git(project, "rev-parse", "HEAD")
+    git(project, "commit", "-qam", "demand more")
+    sha2 = git(project, "rev-parse", "HEAD")
     failing = run_act(lab, project, workflow, pull_request_event(lab.dir / "event-7b.json", 7, sha2), repos, "steps-3")
     assert failing.code != 0 and "🏁  Job failed" in failing.log, failing
     assert TOKEN not in failing.log
@@ -475,8 +443,9 @@ def documented_act_command() -> list[str]:
 
 def test_documented_act_command_with_the_example_event(lab: Lab) -> None:
     """The act command of docs/github-actions.md, word for word but for its placeholders, with the example
-    event file as shipped, on a project whose workflow is the quick start: the job runs on the host and
-    the pull request reads as one from the same repository (not a fork), so the report posts its comment."""
+    event file as shipped, on a new project (wine data, not the shipped example) whose workflow is the quick
+    start as printed: the job runs on the host and the pull request reads as one from the same repository
+    (not a fork), so the report posts its comment."""
     words = documented_act_command()
     assert words[:2] == ["act", "pull_request"], words
     pairs = list(zip(words, words[1:], strict=False))
@@ -496,33 +465,42 @@ def test_documented_act_command_with_the_example_event(lab: Lab) -> None:
     leftover = [w for w in cmd if "..." in w or "PORT" in w or "/path/to" in w]
     assert not leftover, f"placeholders the test does not know: {leftover}"
 
-    project, sha = make_project(lab, "documented")
+    project, sha = make_project(lab, "documented", wine=True)
     shutil.copy2(EXAMPLE_EVENT, project / "pull_request.json")
     (project / ".github" / "workflows").mkdir(parents=True)
     shutil.copy2(WORKFLOWS / "lepton.yml", project / ".github" / "workflows" / "lepton.yml")
-    _git(project, "add", "-A")
-    _git(project, "commit", "-q", "-m", "the quick start workflow")
-    sha = _git(project, "rev-parse", "HEAD")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "the quick start workflow")
+    sha = git(project, "rev-parse", "HEAD")
 
     run = act_command(lab, project, cmd, "documented")
     assert_succeeded(run)
     assert "from the fork" not in run.log, run
+    outputs = step_lines(run.log, "lepton outputs: ")
+    assert len(outputs) == 1 and re.match(r"lepton outputs: version=1 verdict=pass endpoint=http://127", outputs[0])
+    assert step_lines(run.log, "wine v1 on local: stopped"), run  # the wine model was deployed, then stopped
     created = lab.standin.calls("issues/create-comment", pr=DOC_PR)
-    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY), created
+    assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY_WINE), created
     statuses = [r for r in lab.standin.calls("repos/create-commit-status") if r["route"].endswith(sha)]
     assert [s["body"]["state"] for s in statuses] == ["success"], statuses  # on the checkout's HEAD
     print(f"\nact: documented command {run.seconds:.1f}s")
 
 
-def registry_versions(url: str) -> list[dict[str, Any]]:
+def lepton_ci(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """This checkout's `lepton-ci ARGS` (from the test's venv), in `cwd`, with `env` added."""
     cli = "import sys; from lepton_ci.cli import main; sys.exit(main())"
-    proc = subprocess.run(
-        [sys.executable, "-c", cli, "registry", "-r", url, "list", "--json"],
-        cwd=ROOT,
+    return subprocess.run(
+        [sys.executable, "-c", cli, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
+
+
+def registry_versions(url: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    proc = lepton_ci("registry", "-r", url, "list", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -536,8 +514,8 @@ def test_job_env_settings_apply_and_inputs_win(lab: Lab) -> None:
     alt = (project / "lepton.yml").read_text()
     assert "  name: digits\n" in alt
     (project / "digits-alt.yml").write_text(alt.replace("  name: digits\n", "  name: digits-alt\n"))
-    _git(project, "add", "-A")
-    _git(project, "commit", "-q", "-m", "another config")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "another config")
     job_registry, input_registry = lab.dir / "settings-job-registry", lab.dir / "settings-input-registry"
     event = pull_request_event(lab.dir / "event-settings.json", 7, sha)
     run = run_act(
@@ -572,6 +550,81 @@ def test_job_env_settings_apply_and_inputs_win(lab: Lab) -> None:
     print(f"\nact: settings run {run.seconds:.1f}s")
 
 
+def documented_workflow(path: str) -> str:
+    """The workflow docs/github-actions.md prints under `<!-- workflow: PATH -->`, as printed."""
+    found = re.findall(rf"<!-- workflow: {re.escape(path)} -->\n```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    assert len(found) == 1, f"docs/github-actions.md should print {path} once"
+    return found[0]
+
+
+def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
+    """docs/github-actions.md's GHCR workflow, as printed but for the registry's host (a real CNCF
+    distribution server on loopback, with htpasswd auth), on two pushes to one pull request: the job's
+    LEPTON_REGISTRY_USER (github.actor) and LEPTON_REGISTRY_PASSWORD (secrets.GITHUB_TOKEN) reach every
+    action; the first run finds no baseline and deploys v1 (which moves `production` in the registry), the
+    second gates against that. Afterwards the registry holds both versions and `registry check` is clean."""
+    text = documented_workflow("tests/e2e/workflows/lepton-oci.yml")
+    ghcr = "oci://ghcr.io/octo/models"
+    assert text.count(ghcr) == 1 and "LEPTON_REGISTRY_PASSWORD: ${{ secrets.GITHUB_TOKEN }}" in text, text
+    assert "packages: write" in text and "LEPTON_REGISTRY_USER: ${{ github.actor }}" in text, text
+    with RegistryServer(lab.dir / "oci-registry", htpasswd=True) as server:
+        url = server.url("octo/models")
+        anonymous = requests.get(f"http://{server.host}/v2/", timeout=10)
+        assert anonymous.status_code == 401, "the registry must demand credentials, or they are not tested"
+        workflow = lab.dir / "oci-workflow" / "lepton-oci.yml"
+        workflow.parent.mkdir()
+        workflow.write_text(text.replace(ghcr, url))
+        project, sha = make_project(lab, "oci")
+        repos = {"lepton/ci@v1": lab.src}
+        # The job's token is the registry's password here (GHCR takes the job's GITHUB_TOKEN, the stand-in
+        # accepts it too), and github.actor the registry's user.
+        actor = ["--actor", REGISTRY_USER]
+        event = pull_request_event(lab.dir / "event-oci-1.json", OCI_PR, sha)
+        first = run_act(lab, project, workflow, event, repos, "oci-1", extra=actor, token=REGISTRY_PASSWORD)
+        assert_succeeded(first)
+        assert REGISTRY_PASSWORD not in first.log, "the registry password leaked into the job log"
+        assert step_lines(first.log, "lepton outputs: ") == [
+            "lepton outputs: version=1 verdict=pass source=none "
+            "baseline=none (first run: no 'production' in the registry yet)"
+        ], first
+        assert step_lines(first.log, "digits v1 on local: stopped"), first
+
+        (project / "NOTES.md").write_text("A second push to the pull request.\n")
+        git(project, "add", "-A")
+        git(project, "commit", "-q", "-m", "second push")
+        sha2 = git(project, "rev-parse", "HEAD")
+        event2 = pull_request_event(lab.dir / "event-oci-2.json", OCI_PR, sha2)
+        second = run_act(lab, project, workflow, event2, repos, "oci-2", extra=actor, token=REGISTRY_PASSWORD)
+        assert_succeeded(second)
+        assert REGISTRY_PASSWORD not in second.log, "the registry password leaked into the job log"
+        outputs = step_lines(second.log, "lepton outputs: ")
+        assert len(outputs) == 1 and outputs[0].startswith(
+            "lepton outputs: version=2 verdict=pass source=registry baseline=registry production = v1 "
+        ), second
+
+        # One sticky comment for this workflow, updated by the second run.
+        created = lab.standin.calls("issues/create-comment", pr=OCI_PR)
+        assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY_OCI), created
+        assert len(lab.standin.comments(OCI_PR)) == 1
+
+        # What the registry holds, seen from outside the runner, with the same credentials.
+        creds_env = {"LEPTON_REGISTRY_USER": REGISTRY_USER, "LEPTON_REGISTRY_PASSWORD": REGISTRY_PASSWORD}
+        versions = registry_versions(url, env=creds_env)
+        assert [(v["model"], v["version"]) for v in versions] == [("digits", 1), ("digits", 2)], versions
+        assert "production" in next(v for v in versions if v["version"] == 2)["aliases"], versions
+        check = lepton_ci("registry", "-r", url, "check", cwd=project, env=creds_env)
+        assert check.returncode == 0, check.stdout + check.stderr
+        tags = requests.get(
+            f"http://{server.host}/v2/octo/models/digits/tags/list",
+            auth=(REGISTRY_USER, REGISTRY_PASSWORD),
+            timeout=10,
+        )
+        assert tags.status_code == 200, tags.text
+        names = tags.json()["tags"]
+        assert [t.split("-")[0] for t in names if re.fullmatch(r"v\d+-[0-9a-f]{12}", t)] == ["v1", "v2"], names
+    print(f"\nact: oci runs {first.seconds:.1f}s and {second.seconds:.1f}s")
+
+
 def test_unreadable_registry_fails_the_gate_job(lab: Lab) -> None:
     """Fail closed, end to end: a registry that cannot be read (an `oci://` input nothing answers at, a job
     env `file://` directory that holds no registry) fails the gate step and the job; no verdict is set."""
@@ -597,17 +650,17 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
     """scripts/release on a copy of this checkout: v0.x.y tags, the major tag moves, and the split
     repositories run under act with `uses: lepton/<step>@vN`, each installing the source it carries."""
     repo = copy_checkout(lab.dir / "release")
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "release")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "release")
     init = repo / "lepton_ci" / "__init__.py"
     version = re.search(r'^__version__ = "([^"]+)"', init.read_text(), flags=re.M).group(1)
     major_n, minor, patch = (int(x) for x in version.split("."))
     major = f"v{major_n}"
-    _git(repo, "tag", "-a", f"v{version}", "-m", f"lepton-ci {version}")
+    git(repo, "tag", "-a", f"v{version}", "-m", f"lepton-ci {version}")
     remote = lab.dir / "remotes"
     for name in ("ci", "setup", "train", "gate", "tag", "deploy", "report"):
-        _git(lab.dir, "init", "-q", "--bare", str(remote / f"{name}.git"))
+        git(lab.dir, "init", "-q", "--bare", str(remote / f"{name}.git"))
     split = lab.dir / "split"
 
     def release(*args: str) -> subprocess.CompletedProcess[str]:
@@ -622,25 +675,25 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
     assert bad.returncode == 2 and "does not exist" in bad.stderr, bad
     first = release("--push", str(remote / "ci.git"), "--split", str(split), "--split-remote", str(remote))
     assert first.returncode == 0, first
-    v1 = _git(repo, "rev-parse", f"v{version}^{{commit}}")
-    assert _git(repo, "rev-parse", f"{major}^{{commit}}") == v1
-    assert _git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v1
+    v1 = git(repo, "rev-parse", f"v{version}^{{commit}}")
+    assert git(repo, "rev-parse", f"{major}^{{commit}}") == v1
+    assert git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v1
 
     # The next release moves the major tag (locally, on the remote, and in every split repository).
     nxt = f"{major_n}.{minor}.{patch + 1}"
     init.write_text(init.read_text().replace(f'__version__ = "{version}"', f'__version__ = "{nxt}"'))
-    _git(repo, "commit", "-qam", f"lepton-ci {nxt}")
+    git(repo, "commit", "-qam", f"lepton-ci {nxt}")
     wrong = f"v{major_n}.{minor}.{patch + 2}"
-    _git(repo, "tag", wrong)
+    git(repo, "tag", wrong)
     mismatch = release("--tag", wrong)
     assert mismatch.returncode == 2 and "does not match" in mismatch.stderr, mismatch
-    _git(repo, "tag", "-d", wrong)
-    _git(repo, "tag", "-a", f"v{nxt}", "-m", f"lepton-ci {nxt}")
+    git(repo, "tag", "-d", wrong)
+    git(repo, "tag", "-a", f"v{nxt}", "-m", f"lepton-ci {nxt}")
     second = release("--push", str(remote / "ci.git"), "--split", str(split), "--split-remote", str(remote))
     assert second.returncode == 0, second
-    v2 = _git(repo, "rev-parse", "HEAD")
-    assert _git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v2 != v1
-    tracked = set(_git(repo, "ls-tree", "-r", "--name-only", f"v{nxt}", "--", "lepton_ci").split("\n"))
+    v2 = git(repo, "rev-parse", "HEAD")
+    assert git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v2 != v1
+    tracked = set(git(repo, "ls-tree", "-r", "--name-only", f"v{nxt}", "--", "lepton_ci").split("\n"))
     for step in ("setup", "train", "gate", "tag", "deploy", "report"):
         files = sorted(p.name for p in (split / step).iterdir() if p.name != ".git")
         assert files == ["README.md", "action.yml", "lepton_ci", "pyproject.toml", "setup.cfg"], files
@@ -649,7 +702,7 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
         assert carried == tracked, (step, carried ^ tracked)
         assert (split / step / "setup.cfg").read_bytes() == (repo / "setup.cfg").read_bytes()
         assert f'__version__ = "{nxt}"' in (split / step / "lepton_ci" / "__init__.py").read_text()
-        tags = set(_git(remote / f"{step}.git", "tag", "--list").split())
+        tags = set(git(remote / f"{step}.git", "tag", "--list").split())
         assert {f"v{version}", f"v{nxt}", major} <= tags, (step, tags)
         action = (split / step / "action.yml").read_text()
         assert f"from lepton/ci actions/{step} at v{nxt}" in action, action[:200]

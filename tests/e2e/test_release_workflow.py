@@ -19,7 +19,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.docker import BASE_IMAGE, ROOT, copy_checkout, remove_image, require_docker, run
+from tests.support.checkout import ROOT, copy_checkout, git, host_job_env
+from tests.support.docker import BASE_IMAGE, remove_image, require_docker, run, wheelhouse
 from tests.support.tools import github_actions_tool
 
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
@@ -194,49 +194,21 @@ class Release:
         return f"Release(code={self.code}, {self.seconds:.0f}s, log=...{self.log[-10000:]})"
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=CI", "-c", "user.email=ci@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     act = github_actions_tool("act")
     docker = require_docker()
     d = tmp_path_factory.mktemp("release-workflow")
     src = copy_checkout(d / "ci")
-    _git(src, "init", "-q")
-    _git(src, "remote", "add", "origin", f"https://github.com/{OWNER}/ci.git")  # act's github.repository
-    _git(src, "add", "-A")
-    _git(src, "commit", "-q", "-m", f"lepton-ci {VERSION}")
-    _git(src, "tag", "-a", f"v{VERSION}", "-m", f"lepton-ci {VERSION}")
-    sha = _git(src, "rev-parse", "HEAD")
+    git(src, "init", "-q")
+    git(src, "remote", "add", "origin", f"https://github.com/{OWNER}/ci.git")  # act's github.repository
+    git(src, "add", "-A")
+    git(src, "commit", "-q", "-m", f"lepton-ci {VERSION}")
+    git(src, "tag", "-a", f"v{VERSION}", "-m", f"lepton-ci {VERSION}")
+    sha = git(src, "rev-parse", "HEAD")
 
     # Everything pip needs in the jobs, offline: build, twine, the build backend, lepton-ci's dependencies.
-    wheels = d / "wheels"
-    proc = run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--disable-pip-version-check",
-        "-w",
-        wheels,
-        src,
-        "build",
-        "twine",
-        "setuptools>=61",
-        "wheel",
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheels = wheelhouse(d / "wheels", str(src), "build", "twine", "setuptools>=61", "wheel")
     for built in wheels.glob("lepton_ci-*.whl"):
         built.unlink()  # the jobs build lepton-ci themselves
 
@@ -293,13 +265,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     ]
     for key, value in env.items():
         cmd += ["--env", f"{key}={value}"]
-    run_env = {k: v for k, v in os.environ.items() if PASSTHROUGH.match(k)}
-    # Jobs use the system python3 (like a runner's), not this test's venv.
-    run_env["PATH"] = os.pathsep.join(
-        p
-        for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-        if p and not p.startswith(sys.prefix + os.sep)
-    )
+    run_env = host_job_env(PASSTHROUGH)  # jobs use the system python3 (like a runner's), not this venv
     start = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=src, env=run_env, capture_output=True, text=True, timeout=900)

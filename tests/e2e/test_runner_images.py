@@ -4,8 +4,9 @@ so a system dependency the scripts assume but a minimal image lacks fails here.
 
 - GitLab (Docker executor): the before_script and script of the train, gate, tag and report jobs of
   gitlab-templates/lepton.yml (`extends:` resolved, as GitLab does), run with POSIX sh in a fresh clone of a
-  new scikit-learn project (wine data) mounted at /builds/<group>/<project>, with the CI variables GitLab
-  sets; each job gets the artifacts and dotenv outputs of the jobs before it and the venv cache, like GitLab.
+  new scikit-learn project (wine data: tests/support/wine_project.py) mounted at /builds/<group>/<project>,
+  with the CI variables GitLab sets; each job gets the artifacts and dotenv outputs of the jobs before it and
+  the venv cache, like GitLab.
   The clone has .git (the runner's helper image clones), but the job image has no git binary.
 - GitHub: the "Install lepton-ci" step of actions/setup/action.yml (bash, like `shell: bash`) with the
   action's source mounted where the runner puts actions, and the variables the runner sets.
@@ -27,8 +28,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.docker import BASE_IMAGE, ROOT, build_dist, copy_checkout, require_docker, run, wheelhouse
-from tests.support.keys import PRIVATE_ONE_LINE, commit_public_key
+from tests.support.checkout import ROOT, copy_checkout, git
+from tests.support.docker import BASE_IMAGE, build_dist, require_docker, run, wheelhouse
+from tests.support.keys import PRIVATE_ONE_LINE
+from tests.support.wine_project import CONFIG as WINE_CONFIG
+from tests.support.wine_project import write_wine_project
 
 pytestmark = pytest.mark.slow
 
@@ -36,44 +40,6 @@ TEMPLATES = ROOT / "gitlab-templates" / "lepton.yml"
 SETUP_ACTION = ROOT / "actions" / "setup" / "action.yml"
 GROUP, NAME = "winery", "wine-model"
 BUILDS = f"/builds/{GROUP}/{NAME}"
-
-WINE_TRAIN = """\
-import json
-
-import joblib
-from sklearn.datasets import load_wine
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score
-from sklearn.model_selection import train_test_split
-
-import lepton_ci
-
-params = {"n_estimators": 20, "seed": 1, **lepton_ci.params()}
-X, y = load_wine(return_X_y=True)
-X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=int(params["seed"]), stratify=y)
-model = RandomForestClassifier(n_estimators=int(params["n_estimators"]), random_state=int(params["seed"]))
-model.fit(X_train, y_train)
-with open("metrics.json", "w") as f:
-    json.dump({"eval": {"accuracy": accuracy_score(y_test, model.predict(X_test))}}, f)
-joblib.dump(model, "model.joblib")
-"""
-WINE_CONFIG = """\
-version: 1
-model:
-  name: wine
-  framework: sklearn
-  file: model.joblib
-train:
-  command: python train.py
-  params: {n_estimators: 20}
-  metrics: [metrics.json]
-  artifacts: [model.joblib]
-gate:
-  rules:
-    - metric: eval.accuracy
-      min: 0.8
-registry: file://.lepton/registry
-"""
 
 
 def _version() -> str:
@@ -85,17 +51,6 @@ def _version() -> str:
 
 
 VERSION = _version()
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=CI", "-c", "user.email=ci@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
 
 
 @dataclass
@@ -229,16 +184,11 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def gitlab_pipeline(lab: Lab) -> Pipeline:
     templates = yaml.safe_load(TEMPLATES.read_text())
-    origin = lab.dir / "wine-origin"
-    origin.mkdir()
-    (origin / "train.py").write_text(WINE_TRAIN)
-    (origin / "lepton.yml").write_text(WINE_CONFIG)
-    (origin / ".gitignore").write_text(".lepton/\n.lepton-venv/\n.cache/\nmetrics.json\nmodel.joblib\n")
-    commit_public_key(origin)
-    _git(origin, "init", "-q")
-    _git(origin, "add", "-A")
-    _git(origin, "commit", "-q", "-m", "wine model")
-    sha = _git(origin, "rev-parse", "HEAD")
+    origin = write_wine_project(lab.dir / "wine-origin")
+    git(origin, "init", "-q")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "wine model")
+    sha = git(origin, "rev-parse", "HEAD")
 
     jobs: dict[str, subprocess.CompletedProcess[str]] = {}
     workdirs: dict[str, Path] = {}
@@ -318,7 +268,7 @@ def test_gitlab_pipeline_records(gitlab_pipeline: Pipeline) -> None:
 
     assert gitlab_pipeline.jobs.get("report") is not None and gitlab_pipeline.jobs["report"].returncode == 0
     run_record = json.loads((gitlab_pipeline.workdirs["train"] / ".lepton" / "run.json").read_text())
-    sha = _git(gitlab_pipeline.workdirs["train"], "rev-parse", "HEAD")
+    sha = git(gitlab_pipeline.workdirs["train"], "rev-parse", "HEAD")
     assert run_record["git"]["sha"] == sha, run_record["git"]
     assert run_record["metrics"]["eval.accuracy"] >= 0.8
     gate = json.loads((gitlab_pipeline.workdirs["gate"] / ".lepton" / "gate.json").read_text())

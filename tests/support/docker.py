@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.checkout import ROOT, copy_checkout  # noqa: F401 (re-exported)
+
 BASE_IMAGE = "lepton-test/python:3.11"
 BUILD_IMAGE = ROOT / "docker" / "build-image"
 
@@ -55,26 +56,6 @@ def require_docker() -> str:
     if run(docker, "image", "inspect", BASE_IMAGE, timeout=30).returncode != 0:
         missing(f"the base image {BASE_IMAGE} is missing: scripts/deps/40-docker.sh builds it")
     return docker
-
-
-def copy_checkout(dest: Path) -> Path:
-    """What a clone of this repository holds: tracked and unignored files (no .venv, no caches, no builds)."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def build_dist(src: Path, out: Path) -> tuple[Path, Path]:
