@@ -99,8 +99,10 @@ class OciClient:
         self.credentials = find_credentials(ref.host) if credentials is _UNSET else credentials
         self.retries = _env_int("LEPTON_CI_HTTP_RETRIES", 4) if retries is None else retries
         self.timeout = float(timeout or _env_int("LEPTON_CI_HTTP_TIMEOUT", 60) or 60)
-        # Files above this size go up in chunks of this size (PATCH); smaller ones in one PUT.
-        self.chunk_size = chunk_size or _env_int("LEPTON_CI_OCI_CHUNK_SIZE", 64 * 1024 * 1024)
+        # 0: every file goes up in one streamed PUT (the fastest; what `docker push` does in one PATCH). A size:
+        # files above it go up in PATCHes of that size, each streamed from disk, for registries or proxies
+        # that cap a request's body; a 413 from the registry switches to CHUNK_FALLBACK by itself.
+        self.chunk_size = chunk_size if chunk_size is not None else _env_int("LEPTON_CI_OCI_CHUNK_SIZE", 0)
         self.tokens = TokenCache()
         self.basic_ok = False
         self.session = NoLeakSession()
@@ -338,15 +340,19 @@ class OciClient:
         for attempt in range(attempts):
             try:
                 with open(path, "rb") as f, transfer(f"push {path.name}", size) as advance:
-                    if size > self.chunk_size:
+                    if self.chunk_size and size > self.chunk_size:
                         self._upload_chunked(repo, f, digest, size, scope, what, advance)
                     else:
                         self._upload_monolithic(repo, CountingReader(f, advance), digest, size, scope, what)
                 return True
+            except _TooLarge:
+                self.chunk_size = CHUNK_FALLBACK  # the registry caps request bodies: go on in chunks
             except TransientError:
                 if attempt == attempts - 1:
                     raise
-        return True  # pragma: no cover
+        with open(path, "rb") as f, transfer(f"push {path.name}", size) as advance:
+            self._upload_chunked(repo, f, digest, size, scope, what, advance)
+        return True
 
     def push_bytes(self, repo: str, data: bytes, media_what: str = "blob") -> str:
         digest = digest_bytes(data)
@@ -367,30 +373,39 @@ class OciClient:
         location = self._start_upload(repo, scope, what)
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         resp = self.request("PUT", location, scope, headers=headers, body=f, params={"digest": digest}, what=what)
+        if resp.status_code == 413 and size > CHUNK_FALLBACK:
+            self._cancel_location(location, scope)
+            raise _TooLarge()
         if resp.status_code != 201:
             raise self.fail(resp, what)
+
+    def _cancel_location(self, location: str, scope: str) -> None:
+        with contextlib.suppress(RegistryError, TransientError):
+            self.request("DELETE", location, scope, what="cancelling an upload")
 
     def _upload_chunked(
         self, repo: str, f: BinaryIO, digest: str, size: int, scope: str, what: str, advance: Callable[[int], None]
     ) -> None:
         location = self._start_upload(repo, scope, what)
+        step = self.chunk_size or CHUNK_FALLBACK
         offset = 0
         while offset < size:
-            chunk = f.read(self.chunk_size)
-            if not chunk:
-                raise RegistryError(f"{what}: the file shrank while uploading")
-            end = offset + len(chunk) - 1
+            length = min(step, size - offset)
+            end = offset + length - 1
             headers = {
                 "Content-Type": "application/octet-stream",
-                "Content-Length": str(len(chunk)),
+                "Content-Length": str(length),
                 "Content-Range": f"{offset}-{end}",
             }
-            resp = self.request("PATCH", location, scope, headers=headers, body=chunk, what=what)
+            f.seek(offset)
+            window = _Window(f, length, advance)  # streamed from disk, never a chunk in memory
+            resp = self.request("PATCH", location, scope, headers=headers, body=window, what=what)
+            if window.remaining:
+                raise RegistryError(f"{what}: the file shrank while uploading")
             if resp.status_code != 202 or not resp.headers.get("Location"):
                 raise self.fail(resp, what)
             location = urljoin(resp.url, resp.headers["Location"])
             offset = end + 1
-            advance(len(chunk))
         resp = self.request(
             "PUT", location, scope, headers={"Content-Length": "0"}, params={"digest": digest}, what=what
         )
@@ -558,6 +573,44 @@ class OciClient:
             listed.append(entry)
         self.put_manifest(repo, tag, manifest_json(index), OCI_INDEX)
         return resp_digest
+
+
+class _TooLarge(Exception):
+    """The registry answered 413 to a one-request upload: retry in chunks."""
+
+
+CHUNK_FALLBACK = 64 * 1024 * 1024
+
+
+class _Window:
+    """`length` bytes of an open file from its current position, as a request body requests can stream
+    (it knows the length from `__len__`, so it sends Content-Length, not chunked transfer encoding)."""
+
+    def __init__(self, f: BinaryIO, length: int, advance: Callable[[int], None]) -> None:
+        self.f, self.remaining, self.advance = f, length, advance
+        self.start, self.length = f.tell(), length
+
+    def __len__(self) -> int:
+        return self.remaining
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.remaining if n is None or n < 0 else min(n, self.remaining)
+        data = self.f.read(n)
+        self.remaining -= len(data)
+        self.advance(len(data))
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK):
+            yield chunk
+
+    def tell(self) -> int:
+        return self.length - self.remaining
+
+    def seek(self, pos: int, whence: int = 0) -> int:  # a 401 retry sends the window again from its start
+        self.f.seek(self.start + pos)
+        self.remaining = self.length - pos
+        return pos
 
 
 class _ResumingStream(io.RawIOBase):

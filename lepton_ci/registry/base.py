@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
+from lepton_ci.errors import RegistryError
 from lepton_ci.records import ModelVersion
+
+
+class Interrupted(RegistryError):
+    """A listed version whose write never completed: the backend shows its name but holds no manifest for it
+    (an OCI registry stopped in the middle of a tag write can leave such a tag). It was never acknowledged,
+    so reads of "every version" and `latest` pass over it and `check` warns; naming it directly is an error."""
 
 
 @dataclass
@@ -148,9 +155,12 @@ class Storage(Protocol):
         """Where a manifest lives, for messages (a path, a URL)."""
         ...
 
-    def put_blob(self, name: str, src: Path) -> tuple[str, int]:
-        """Store a file by content for model `name`, hashing while copying; returns (hex sha256, size).
-        (OCI registries keep blobs per repository, and each model is its own repository.)"""
+    def put_blob(self, name: str, src: Path, sha256: str | None = None) -> tuple[str, int]:
+        """Store a file by content for model `name`; returns (hex sha256, size). (OCI registries keep blobs
+        per repository, and each model is its own repository.) `sha256` is what the caller already knows
+        the file's digest to be (tag has it from the run record): a backend may then skip a blob it holds
+        and upload without hashing first, but the stored bytes must still be proven to have that digest
+        (the OCI registry checks it on upload; file:// hashes while copying)."""
         ...
 
     def open_blob(self, name: str, digest_hex: str) -> BinaryIO | None:
@@ -212,6 +222,7 @@ class Registry(Protocol):
         *,
         aliases: Sequence[str] = (),
         reason: str = "",
+        sha256: dict[str, str] | None = None,
     ) -> PushResult: ...
 
     def get(self, name: str, ref: str | int) -> ModelVersion: ...

@@ -54,8 +54,9 @@ class RegistryKey:
 
         return AESGCM(self.key)
 
-    def encrypt_file(self, src: Path, dest_dir: Path) -> tuple[Path, str, int]:
-        """Encrypt `src` into a temporary file under dest_dir; returns (path, plaintext sha256 hex, size).
+    def encrypt_file(self, src: Path, dest_dir: Path) -> tuple[Path, str, int, str]:
+        """Encrypt `src` into a temporary file under dest_dir; returns (path, plaintext sha256 hex, size,
+        ciphertext sha256 hex).
         The plaintext is hashed first (the nonce depends on it) and again while encrypting: a file that
         changes in between is refused."""
         h = hashlib.sha256()
@@ -67,7 +68,7 @@ class RegistryKey:
         header = MAGIC + prefix
         aead = self._aead()
         fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".enc-")
-        again, size = hashlib.sha256(), 0
+        again, size, sealed = hashlib.sha256(), 0, hashlib.sha256(header)
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
                 out.write(header)
@@ -78,13 +79,15 @@ class RegistryKey:
                     again.update(chunk)
                     size += len(chunk)
                     nonce = prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-                    out.write(aead.encrypt(nonce, chunk, header))
+                    block = aead.encrypt(nonce, chunk, header)
+                    sealed.update(block)
+                    out.write(block)
                     if last:
                         break
                     chunk, counter = nxt, counter + 1
             if again.hexdigest() != plain:
                 raise UserError(f"{src} changed while it was being encrypted; tag again")
-            return Path(tmp), plain, size
+            return Path(tmp), plain, size, sealed.hexdigest()
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

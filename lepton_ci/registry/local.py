@@ -226,7 +226,7 @@ class LocalStorage:
     # --- blobs ------------------------------------------------------------------------------------------
 
     @_fs
-    def put_blob(self, name: str, src: Path) -> tuple[str, int]:
+    def put_blob(self, name: str, src: Path, sha256: str | None = None) -> tuple[str, int]:
         """Copy a file into the blob store, hashing as it goes. The copy always replaces an existing blob
         of the same digest: same bytes when that blob is sound, a repair when it rotted, and a fresh mtime
         either way so `gc` does not take it from under a running tag."""
@@ -244,6 +244,8 @@ class LocalStorage:
                 out.flush()
                 os.fsync(out.fileno())
             digest = h.hexdigest()
+            if sha256 is not None and digest != sha256:
+                raise UserError(f"{src} changed while it was being registered (its sha256 is no longer {sha256[:12]})")
             target = self._blob(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)

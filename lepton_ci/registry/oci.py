@@ -37,7 +37,7 @@ from lepton_ci.errors import RegistryError
 from lepton_ci.fsutil import exclusive_lock
 from lepton_ci.oci.client import OCI_MANIFEST, OciClient, manifest_json, sha256_file
 from lepton_ci.oci.reference import RegistryRef, parse_oci_url
-from lepton_ci.registry.base import Stored
+from lepton_ci.registry.base import Interrupted, Stored
 from lepton_ci.registry.shared import ModelRegistry
 
 VERSION_TAG_RE = re.compile(r"v([1-9][0-9]{0,17})-([0-9a-f]{12})")
@@ -85,6 +85,7 @@ class OciStorage:
         self.ref = ref
         self.client = client
         self.url = ref.url()
+        self._tag_cache: dict[str, list[str]] = {}
 
     @classmethod
     def from_url(cls, url: str, base_dir: Path, *, create: bool = False) -> OciStorage:
@@ -107,8 +108,18 @@ class OciStorage:
             {r[len(prefix) :] for r in self.client.catalog() if r.startswith(prefix) and "/" not in r[len(prefix) :]}
         )
 
-    def _tags(self, name: str) -> list[str]:
-        return self.client.list_tags(self._repo(name)) or []  # None: the repository does not exist (yet)
+    def _tags(self, name: str, *, fresh: bool = True) -> list[str]:
+        """The repository's tags. `fresh=False` may answer from the list read last (by `version_numbers`, which
+        every operation starts with, under the model's lock), plus the tags this storage wrote since: a push
+        over n versions then lists the tags once, not n times."""
+        if fresh or name not in self._tag_cache:
+            self._tag_cache[name] = self.client.list_tags(self._repo(name)) or []  # None: no repository yet
+        return self._tag_cache[name]
+
+    def _tagged(self, name: str, tag: str) -> None:
+        cached = self._tag_cache.get(name)
+        if cached is not None and tag not in cached:
+            cached.append(tag)
 
     def version_numbers(self, name: str) -> list[int]:
         numbers = set()
@@ -119,7 +130,10 @@ class OciStorage:
         return sorted(numbers)
 
     def _version_tag(self, name: str, number: int) -> str | None:
-        tags = sorted(t for t in self._tags(name) if (m := VERSION_TAG_RE.fullmatch(t)) and int(m.group(1)) == number)
+        def matching(tags: list[str]) -> list[str]:
+            return sorted(t for t in tags if (m := VERSION_TAG_RE.fullmatch(t)) and int(m.group(1)) == number)
+
+        tags = matching(self._tags(name, fresh=False)) or matching(self._tags(name))
         if len(tags) > 1:
             raise RegistryError(
                 f"{self._repo(name)}: version {number} has two tags ({', '.join(tags)}): two writers registered it "
@@ -162,9 +176,14 @@ class OciStorage:
 
     def read_manifest(self, name: str, number: int) -> bytes | None:
         tag = self._version_tag(name, number)
-        data = self._read_layer(name, tag, VERSION_LAYER, VERSION_LIMIT) if tag else None
-        if tag is None or data is None:
+        if tag is None:
             return None
+        data = self._read_layer(name, tag, VERSION_LAYER, VERSION_LIMIT)
+        if data is None:  # listed, yet the registry holds no manifest under it: a tag write cut short
+            raise Interrupted(
+                f"{self._repo(name)}:{tag} is listed but resolves to no manifest: its write was interrupted "
+                "(the registry stopped mid-write)"
+            )
         try:
             digest = json.loads(data).get("digest")
         except (ValueError, AttributeError):
@@ -225,6 +244,7 @@ class OciStorage:
             },
         }
         self.client.put_manifest(repo, tag, manifest_json(manifest))
+        self._tagged(name, tag)
         return True
 
     def manifest_location(self, name: str, number: int) -> str:
@@ -232,8 +252,11 @@ class OciStorage:
 
     # --- blobs ------------------------------------------------------------------------------------------
 
-    def put_blob(self, name: str, src: Path) -> tuple[str, int]:
-        digest, size = sha256_file(src)
+    def put_blob(self, name: str, src: Path, sha256: str | None = None) -> tuple[str, int]:
+        if sha256 is None:
+            digest, size = sha256_file(src)
+        else:  # known (tag verified it against the run record): no second pass over the file
+            digest, size = f"sha256:{sha256}", src.stat().st_size
         # The registry checks the bytes against `digest` as they arrive: a file that changes between the hash
         # and the upload is refused (DIGEST_INVALID), never stored under the wrong name.
         self.client.push_blob(self._repo(name), src, digest, size)

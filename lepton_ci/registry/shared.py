@@ -20,7 +20,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from lepton_ci import progress
 from lepton_ci.errors import LeptonError, NotFound, RegistryError, TransientError, UserError
 from lepton_ci.fsutil import CHUNK, JsonProblem, canonical_json, loads_strict, sha256_bytes, short_repr
 from lepton_ci.records import ModelVersion, artifacts_digest
-from lepton_ci.registry.base import AliasEvent, GcItem, Problem, PushResult, Storage, Stored, Verifier
+from lepton_ci.registry.base import AliasEvent, GcItem, Interrupted, Problem, PushResult, Storage, Stored, Verifier
 from lepton_ci.timeutil import utcnow
 
 # `fullmatch` only: `re.match` with `$` accepts a trailing newline ("digits\n").
@@ -400,8 +400,16 @@ class ModelRegistry:
             )
         return mv
 
+    def _complete(self, name: str, numbers: Sequence[int]) -> Iterator[ModelVersion]:
+        """The versions among `numbers`, in order, passing over writes that never completed (`Interrupted`)."""
+        for n in numbers:
+            try:
+                yield self._read(name, n)
+            except Interrupted:
+                continue
+
     def versions(self, name: str) -> list[ModelVersion]:
-        return [self._read(name, n) for n in self.version_numbers(name)]
+        return list(self._complete(name, self.version_numbers(name)))
 
     def get(self, name: str, ref: str | int) -> ModelVersion:
         """Resolve a reference. `NotFound` only when the registry was read and holds no such version."""
@@ -433,7 +441,10 @@ class ModelRegistry:
                 )
             raise NotFound(f"model {name!r} has no versions in {self.url}")
         if text == "latest":
-            return self._read(name, numbers[-1])
+            newest = next(self._complete(name, list(reversed(numbers))), None)
+            if newest is None:
+                raise NotFound(f"model {name!r} has no complete version in {self.url}")
+            return newest
         if number_ref:
             n = int(number_ref.group(1))
             if n not in numbers:
@@ -539,8 +550,12 @@ class ModelRegistry:
         *,
         aliases: Sequence[str] = (),
         reason: str = "",
+        sha256: dict[str, str] | None = None,
     ) -> PushResult:
-        """Register files as the next version; pushing identical files and metadata again returns the existing one."""
+        """Register files as the next version; pushing identical files and metadata again returns the existing one.
+
+        `sha256` maps artifact paths to the digests the caller has verified (tag: the run record's), so the
+        storage can skip blobs it holds and upload without hashing first; the storage still proves the bytes."""
         check_name(name)
         if not files:
             raise UserError("no artifact files to register (check train.artifacts in lepton.yml)")
@@ -571,12 +586,12 @@ class ModelRegistry:
             if not Path(src).is_file():
                 raise UserError(f"artifact not found: {src}")
             if key is None:
-                digest, size = self.storage.put_blob(name, Path(src))
+                digest, size = self.storage.put_blob(name, Path(src), (sha256 or {}).get(rel))
                 stored.append({"path": rel, "sha256": digest, "size": size})
                 continue
             with tempfile.TemporaryDirectory(prefix="lepton-enc-") as tmp:
-                sealed, plain, plain_size = key.encrypt_file(Path(src), Path(tmp))
-                digest, size = self.storage.put_blob(name, sealed)
+                sealed, plain, plain_size, sealed_sha256 = key.encrypt_file(Path(src), Path(tmp))
+                digest, size = self.storage.put_blob(name, sealed, sealed_sha256)
             stored.append(
                 {
                     "path": rel,
@@ -594,9 +609,8 @@ class ModelRegistry:
             raise UserError(f"artifacts changed while tagging: {problems[0]}")
         with self.storage.lock(name):
             numbers = self.version_numbers(name)
-            for number in reversed(numbers):
+            for existing in self._complete(name, list(reversed(numbers))):
                 # A CI rerun of the same tag job (same files, same run and gate records) is idempotent.
-                existing = self._read(name, number)
                 if existing.artifacts_digest == art_digest and canonical_json(existing.metadata) == canonical_json(
                     metadata
                 ):
@@ -713,8 +727,8 @@ class ModelRegistry:
             with dest.storage.lock(name):
                 if dest.version_numbers(name) or dest.storage.read_history(name) is not None:
                     raise RegistryError(f"model {name!r} already exists in {dest.url}; copy only into an empty place")
-                for number in numbers:
-                    mv = self._read(name, number)
+                for mv in self._complete(name, numbers):
+                    number = mv.version
                     raw = self.storage.read_manifest(name, number)  # the very bytes, unknown fields and all
                     if raw is None or parse_manifest(raw, "copy").digest != mv.digest:
                         raise RegistryError(f"{name} v{number} changed in {self.url} while copying")
@@ -762,6 +776,13 @@ class ModelRegistry:
                     data = self.storage.read_manifest(name, number)
                     if data is None:
                         raise RegistryError("listed, but its manifest is missing")
+                except Interrupted as exc:
+                    problems.append(Problem(where, f"{exc} (never acknowledged; reads pass over it)", "warning"))
+                    continue
+                except (RegistryError, TransientError) as exc:
+                    problems.append(Problem(where, str(exc)))
+                    continue
+                try:
                     referenced |= referenced_blobs(data) or set()
                     mv = parse_manifest(data, self.storage.manifest_location(name, number))
                 except (RegistryError, TransientError) as exc:
@@ -857,7 +878,10 @@ class ModelRegistry:
         referenced: set[str] = set()
         for name in self.storage.models():
             for number in self.storage.version_numbers(name):
-                data = self.storage.read_manifest(name, number)
+                try:
+                    data = self.storage.read_manifest(name, number)
+                except Interrupted:
+                    continue
                 if data is None:
                     continue
                 refs = referenced_blobs(data)

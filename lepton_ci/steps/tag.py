@@ -57,7 +57,12 @@ def tag(
     registry = open_registry(config.registry_url, config.root, create=True)
     wanted = list(aliases) if aliases is not None else list(section.get("aliases", ["candidate"]))
     result = registry.push(
-        config.model_name, files, metadata, aliases=wanted, reason=reason or f"tagged from run {run.run_id}"
+        config.model_name,
+        files,
+        metadata,
+        aliases=wanted,
+        reason=reason or f"tagged from run {run.run_id}",
+        sha256={a["path"]: a["sha256"] for a in run.artifacts},  # verified just above
     )
     atomic_write_json(tagged_version_path(config.root), result.version.to_dict())
     return result

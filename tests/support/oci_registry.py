@@ -48,11 +48,20 @@ class RegistryServer:
     """`docker-registry serve` with a config of our own; `root` is its storage (tests may tamper with it)."""
 
     def __init__(
-        self, directory: Path, *, htpasswd: bool = False, token_auth: str = "", port: int | None = None
+        self,
+        directory: Path,
+        *,
+        htpasswd: bool = False,
+        token_auth: str = "",
+        port: int | None = None,
+        drain_s: int = 0,
     ) -> None:
-        """`token_auth`: the `auth: token:` section of a TokenService (tests/support/oci_token.py)."""
+        """`token_auth`: the `auth: token:` section of a TokenService (tests/support/oci_token.py).
+        `drain_s`: on SIGTERM, finish the requests in flight for up to this long (`http.draintimeout`), as a
+        registry restarted by its service manager does; 0 stops at once, possibly mid-write."""
         self.dir = Path(directory)
         self.token_auth = token_auth
+        self.drain_s = drain_s
         self.root = self.dir / "storage"
         self.port = port or free_port()
         self.htpasswd = htpasswd
@@ -75,7 +84,9 @@ class RegistryServer:
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root}\n  delete:\n    enabled: true\n"
             "  cache:\n    blobdescriptor: ''\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: lepton-test-secret\n" + auth
+            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: lepton-test-secret\n"
+            + (f"  draintimeout: {self.drain_s}s\n" if self.drain_s else "")
+            + auth
         )
 
     def start(self) -> RegistryServer:
