@@ -118,7 +118,7 @@ class OciClient:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=8)
+        adapter = _LargeBlocks(max_retries=retry, pool_maxsize=8)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -575,6 +575,15 @@ class OciClient:
         return resp_digest
 
 
+class _LargeBlocks(HTTPAdapter):
+    """Sends request bodies from files in 1 MiB blocks instead of urllib3's 16 KiB: far fewer system calls
+    and Python-level reads for a model upload."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("blocksize", 1024 * 1024)
+        super().init_poolmanager(*args, **kwargs)
+
+
 class _TooLarge(Exception):
     """The registry answered 413 to a one-request upload: retry in chunks."""
 
@@ -622,6 +631,8 @@ class _ResumingStream(io.RawIOBase):
         self.client, self.repo, self.digest, self.resp, self.what = client, repo, digest, resp, what
         self.pos = 0
         self.resumes = 0
+        length = resp.headers.get("Content-Length", "")
+        self.total = int(length) if length.isdigit() else None  # to tell a cut connection from the end
 
     def readable(self) -> bool:
         return True
@@ -629,12 +640,20 @@ class _ResumingStream(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         while True:
             try:
-                data = self.resp.raw.read(len(b), decode_content=False)
+                # Straight into the caller's buffer from http.client (urllib3's read() would copy each chunk
+                # once more); blobs are never content-encoded, and the caller checks every byte's digest.
+                fp = getattr(self.resp.raw, "_fp", None)
+                if fp is not None and hasattr(fp, "readinto"):
+                    n = fp.readinto(b)
+                else:
+                    data = self.resp.raw.read(len(b), decode_content=False)
+                    n = len(data)
+                    b[:n] = data
+                if n == 0 and len(b) and self.total is not None and self.pos < self.total:
+                    raise ConnectionError(f"connection closed after {self.pos} of {self.total} bytes")
                 break
-            except Exception as exc:  # urllib3's ProtocolError/ReadTimeoutError, OSError: resume
+            except Exception as exc:  # http.client's IncompleteRead, urllib3's errors, OSError: resume
                 self._resume(exc)
-        n = len(data)
-        b[:n] = data
         self.pos += n
         return n
 

@@ -599,3 +599,18 @@ def test_a_registry_without_a_catalog_is_checked_model_by_model(tmp_path: Path, 
     assert_one_line_error(cli("registry", "-r", proxy.url(), "check", cwd=project), 2, "registry -m NAME check")
     r = cli("registry", "-r", proxy.url(), "-m", "toy", "check", cwd=project)
     assert r.code == 0 and "OK" in r.out, r
+
+
+def test_a_registry_that_caps_request_bodies_gets_the_file_in_chunks(
+    tmp_path: Path, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lepton_ci.oci.client as client_module
+
+    monkeypatch.setattr(client_module, "CHUNK_FALLBACK", 1024 * 1024)
+    reg = open_registry(proxy.url(), tmp_path)
+    big = os.urandom(2 * 1024 * 1024 + 7)
+    proxy.fail(r"PUT /v2/team/models/digits/blobs/uploads/", status=413, body=b"Request Entity Too Large")
+    reg.push(NAME, files(tmp_path, model__bin=big), {})
+    patches = [r for r in proxy.requests if r["line"].startswith("PATCH /v2/team/models/digits/blobs/uploads/")]
+    assert len(patches) == 3  # 1 MiB, 1 MiB, 7 bytes
+    assert (reg.fetch(NAME, 1, tmp_path / "out") / "model.bin").read_bytes() == big
