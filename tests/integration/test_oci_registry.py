@@ -614,3 +614,14 @@ def test_a_registry_that_caps_request_bodies_gets_the_file_in_chunks(
     patches = [r for r in proxy.requests if r["line"].startswith("PATCH /v2/team/models/digits/blobs/uploads/")]
     assert len(patches) == 3  # 1 MiB, 1 MiB, 7 bytes
     assert (reg.fetch(NAME, 1, tmp_path / "out") / "model.bin").read_bytes() == big
+
+
+def test_cross_repository_mount_links_a_blob_without_sending_it(tmp_path: Path, server: RegistryServer) -> None:
+    client = OciClient(parse_oci_url(server.url()), credentials=None)
+    data = os.urandom(100_000)
+    digest = client.push_bytes("team/models/a", data)
+    assert client.mount_blob("team/models/b", digest, "team/models/a") is True
+    assert client.read_blob("team/models/b", digest, 1 << 20) == data
+    missing = "sha256:" + "0" * 64
+    assert client.mount_blob("team/models/b", missing, "team/models/a") is False  # a session opened, then cancelled
+    assert client.blob_size("team/models/b", missing) is None
