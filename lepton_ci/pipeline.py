@@ -60,8 +60,9 @@ def run_pipeline(
             elif step == "gate":
                 g = gate(config)
                 result.outputs["verdict"] = g.verdict
-                result.outputs.update(g.baseline_outputs())
-                log(f"  baseline: {g.baseline_outputs()['baseline']}")
+                compared = g.baseline_outputs()
+                result.outputs.update(compared)
+                log(f"  baseline: {compared['baseline']}")
                 for r in g.results:
                     log(f"  {'✔' if r['passed'] else '✘'} {r['metric']} {r['rule']}: {r['reason']}")
                 if not g.passed:

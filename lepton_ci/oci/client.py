@@ -314,15 +314,11 @@ class OciClient:
         if resp.status_code == 201:
             return True
         if resp.status_code == 202:  # not mountable here: the registry opened an upload session instead
-            self._cancel(resp, scope)
+            location = resp.headers.get("Location")
+            if location:
+                self._cancel_location(urljoin(resp.url, location), scope)
             return False
         raise self.fail(resp, what)
-
-    def _cancel(self, resp: requests.Response, scope: str) -> None:
-        location = resp.headers.get("Location")
-        if location:
-            with contextlib.suppress(RegistryError, TransientError):  # the registry expires sessions itself
-                self.request("DELETE", urljoin(self.base + "/", location), scope, what="cancelling an upload")
 
     def _start_upload(self, repo: str, scope: str, what: str) -> str:
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", scope, what=what)
@@ -330,28 +326,37 @@ class OciClient:
             raise self.fail(resp, what)
         return urljoin(resp.url, resp.headers["Location"])
 
+    def _retrying(self, upload: Callable[[], None]) -> None:
+        """Run an upload, again from a new session after a transient failure (a half-sent body cannot be
+        resumed), at most `retries` times."""
+        attempts = max(1, self.retries)
+        for attempt in range(attempts):
+            try:
+                upload()
+                return
+            except TransientError:
+                if attempt == attempts - 1:
+                    raise
+
     def push_blob(self, repo: str, path: Path, digest: str, size: int) -> bool:
         """Upload a file as the blob `digest` unless the repository has it; True when bytes were sent."""
         if self.blob_size(repo, digest) == size:
             return False
         scope = self.scope(repo, "pull,push")
         what = f"uploading {path.name} ({size:,} bytes) to {repo}"
-        attempts = max(1, self.retries)
-        for attempt in range(attempts):
-            try:
-                with open(path, "rb") as f, transfer(f"push {path.name}", size) as advance:
-                    if self.chunk_size and size > self.chunk_size:
-                        self._upload_chunked(repo, f, digest, size, scope, what, advance)
-                    else:
-                        self._upload_monolithic(repo, CountingReader(f, advance), digest, size, scope, what)
-                return True
-            except _TooLarge:
-                self.chunk_size = CHUNK_FALLBACK  # the registry caps request bodies: go on in chunks
-            except TransientError:
-                if attempt == attempts - 1:
-                    raise
-        with open(path, "rb") as f, transfer(f"push {path.name}", size) as advance:
-            self._upload_chunked(repo, f, digest, size, scope, what, advance)
+
+        def upload() -> None:
+            with open(path, "rb") as f, transfer(f"push {path.name}", size) as advance:
+                if self.chunk_size and size > self.chunk_size:
+                    self._upload_chunked(repo, f, digest, size, scope, what, advance)
+                else:
+                    self._upload_monolithic(repo, CountingReader(f, advance), digest, size, scope, what)
+
+        try:
+            self._retrying(upload)
+        except _TooLarge:
+            self.chunk_size = CHUNK_FALLBACK  # the registry caps request bodies: go on in chunks
+            self._retrying(upload)
         return True
 
     def push_bytes(self, repo: str, data: bytes, media_what: str = "blob") -> str:
@@ -360,14 +365,8 @@ class OciClient:
             return digest
         scope = self.scope(repo, "pull,push")
         what = f"uploading a {media_what} to {repo}"
-        for attempt in range(max(1, self.retries)):
-            try:
-                self._upload_monolithic(repo, io.BytesIO(data), digest, len(data), scope, what)
-                return digest
-            except TransientError:
-                if attempt == max(1, self.retries) - 1:
-                    raise
-        return digest  # pragma: no cover
+        self._retrying(lambda: self._upload_monolithic(repo, io.BytesIO(data), digest, len(data), scope, what))
+        return digest
 
     def _upload_monolithic(self, repo: str, f: Any, digest: str, size: int, scope: str, what: str) -> None:
         location = self._start_upload(repo, scope, what)
@@ -380,7 +379,7 @@ class OciClient:
             raise self.fail(resp, what)
 
     def _cancel_location(self, location: str, scope: str) -> None:
-        with contextlib.suppress(RegistryError, TransientError):
+        with contextlib.suppress(RegistryError, TransientError):  # the registry expires sessions itself
             self.request("DELETE", location, scope, what="cancelling an upload")
 
     def _upload_chunked(

@@ -226,6 +226,12 @@ def referenced_blobs(data: bytes) -> set[str] | None:
     return found
 
 
+def stored_bytes(art: dict[str, Any]) -> dict[str, Any]:
+    """An artifact entry as the bytes the storage holds: its `stored` blob when encrypted, else itself."""
+    held = art.get("stored") or art
+    return {"path": art["path"], "sha256": held["sha256"], "size": held["size"]}
+
+
 # --- alias history --------------------------------------------------------------------------------------
 
 
@@ -388,6 +394,10 @@ class ModelRegistry:
 
     def _read(self, name: str, number: int) -> ModelVersion:
         """One verified version; the number must be listed (a listed version that cannot be read is damage)."""
+        return self._read_raw(name, number)[0]
+
+    def _read_raw(self, name: str, number: int) -> tuple[ModelVersion, bytes]:
+        """`_read`, with the stored bytes the version was parsed from (what `copy_to` writes elsewhere)."""
         where = self.storage.manifest_location(name, number)
         data = self.storage.read_manifest(name, number)
         if data is None:
@@ -399,18 +409,19 @@ class ModelRegistry:
             raise RegistryError(
                 f"{name} v{number} ({where}) is refused: {problems[0]}{more}; run `lepton-ci registry check`"
             )
-        return mv
+        return mv, data
 
-    def _complete(self, name: str, numbers: Sequence[int]) -> Iterator[ModelVersion]:
-        """The versions among `numbers`, in order, passing over writes that never completed (`Interrupted`)."""
+    def _complete(self, name: str, numbers: Sequence[int]) -> Iterator[tuple[ModelVersion, bytes]]:
+        """The versions among `numbers` (and their stored bytes), in order, passing over writes that never
+        completed (`Interrupted`)."""
         for n in numbers:
             try:
-                yield self._read(name, n)
+                yield self._read_raw(name, n)
             except Interrupted:
                 continue
 
     def versions(self, name: str) -> list[ModelVersion]:
-        return list(self._complete(name, self.version_numbers(name)))
+        return [mv for mv, _ in self._complete(name, self.version_numbers(name))]
 
     def get(self, name: str, ref: str | int) -> ModelVersion:
         """Resolve a reference. `NotFound` only when the registry was read and holds no such version."""
@@ -445,7 +456,7 @@ class ModelRegistry:
             newest = next(self._complete(name, list(reversed(numbers))), None)
             if newest is None:
                 raise NotFound(f"model {name!r} has no complete version in {self.url}")
-            return newest
+            return newest[0]
         if number_ref:
             n = int(number_ref.group(1))
             if n not in numbers:
@@ -610,7 +621,7 @@ class ModelRegistry:
             raise UserError(f"artifacts changed while tagging: {problems[0]}")
         with self.storage.lock(name):
             numbers = self.version_numbers(name)
-            for existing in self._complete(name, list(reversed(numbers))):
+            for existing, _ in self._complete(name, list(reversed(numbers))):
                 # A CI rerun of the same tag job (same files, same run and gate records) is idempotent.
                 if existing.artifacts_digest == art_digest and canonical_json(existing.metadata) == canonical_json(
                     metadata
@@ -653,15 +664,15 @@ class ModelRegistry:
             from lepton_ci.registry import encryption
 
             if sink is None and encryption.load_key() is None:
-                art = {"path": art["path"], "sha256": stored["sha256"], "size": stored["size"]}
-                stored = None
+                art, stored = stored_bytes(art), None
         stream = self.storage.open_blob(name, stored["sha256"] if stored else art["sha256"])
         if stream is None:
             raise RegistryError(
                 f"blob {art['sha256'][:12]} of {what} ({art['path']}) is missing; run `lepton-ci registry check`"
             )
         if stored is not None:
-            stream = encryption.key_for(stored, f"{what} ({art['path']})").reader(stream, f"{what} ({art['path']})")
+            label = f"{what} ({art['path']})"
+            stream = encryption.key_for(stored, label).reader(stream, label)
         h = hashlib.sha256()
         size = 0
         buf = bytearray(READ_BUFFER)  # one buffer, filled in place: no copy per chunk (what makes pulls fast)
@@ -732,17 +743,13 @@ class ModelRegistry:
             with dest.storage.lock(name):
                 if dest.version_numbers(name) or dest.storage.read_history(name) is not None:
                     raise RegistryError(f"model {name!r} already exists in {dest.url}; copy only into an empty place")
-                for mv in self._complete(name, numbers):
+                for mv, raw in self._complete(name, numbers):  # raw: the very bytes, unknown fields and all
                     number = mv.version
-                    raw = self.storage.read_manifest(name, number)  # the very bytes, unknown fields and all
-                    if raw is None or parse_manifest(raw, "copy").digest != mv.digest:
-                        raise RegistryError(f"{name} v{number} changed in {self.url} while copying")
                     with tempfile.TemporaryDirectory(prefix="lepton-copy-") as tmp:
                         for entry in mv.artifacts:
                             # An encrypted file travels as its stored bytes (verified, never decrypted): the
                             # copy needs no key and names the same blobs.
-                            art = entry.get("stored") or entry
-                            art = {"path": entry["path"], "sha256": art["sha256"], "size": art["size"]}
+                            art = stored_bytes(entry)
                             part = Path(tmp) / art["sha256"]
                             with open(part, "wb") as out:
                                 self._verify_blob(name, art, out, f"{name} v{number}")
@@ -781,15 +788,11 @@ class ModelRegistry:
                     data = self.storage.read_manifest(name, number)
                     if data is None:
                         raise RegistryError("listed, but its manifest is missing")
+                    referenced |= referenced_blobs(data) or set()
+                    mv = parse_manifest(data, self.storage.manifest_location(name, number))
                 except Interrupted as exc:
                     problems.append(Problem(where, f"{exc} (never acknowledged; reads pass over it)", "warning"))
                     continue
-                except (RegistryError, TransientError) as exc:
-                    problems.append(Problem(where, str(exc)))
-                    continue
-                try:
-                    referenced |= referenced_blobs(data) or set()
-                    mv = parse_manifest(data, self.storage.manifest_location(name, number))
                 except (RegistryError, TransientError) as exc:
                     problems.append(Problem(where, str(exc)))
                     continue
