@@ -23,7 +23,13 @@ LOADERS: dict[str, str] = {"sklearn": "lepton_ci.frameworks.sklearn:SklearnLoade
 
 @runtime_checkable
 class LoadedModel(Protocol):
-    """What the model server needs from a model, whatever the framework."""
+    """What the model server needs from a model, whatever the framework.
+
+    Optional class attributes (absent means False): `supports_batching`, the model keeps the batching
+    contract (batch on the first axis of every input and output, rows independent; see
+    lepton_ci/serve/batcher.py), so the server may join requests into one predict call; `thread_safe`,
+    predict may run in several threads at once when requests are not batched.
+    """
 
     def metadata(self) -> dict[str, Any]:
         """{"platform", "inputs": [{name, datatype, shape}], "outputs": [...]} as V2 model metadata reports."""

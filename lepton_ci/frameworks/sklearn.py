@@ -33,6 +33,10 @@ class SklearnModel:
     """A fitted estimator behind the `LoadedModel` interface: one FP64 matrix in, named arrays out."""
 
     input_name = INPUT_NAME
+    # Rows are independent and predict only reads the fitted estimator (see the batching contract in
+    # lepton_ci/serve/batcher.py).
+    supports_batching = True
+    thread_safe = True
 
     def __init__(self, model: Any) -> None:
         self.model = model

@@ -8,8 +8,13 @@ from deep inside a model. numpy is imported inside the functions: importing this
 from __future__ import annotations
 
 import json
+import struct
 import zlib
 from typing import Any
+
+# Each dimension and each tensor's element count is checked against these before anything is allocated.
+MAX_DIM = 2**31 - 1
+DEFAULT_MAX_ELEMENTS = 16 * 1024 * 1024
 
 V2_TO_NUMPY = {
     "BOOL": "bool",
@@ -98,24 +103,48 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """Separate the JSON header from appended binary tensor data (the binary-data extension)."""
+    import orjson
+
     n = len(body)
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
-        if n < 0 or n > len(body):
+        text = header_length.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 19:
+            raise BadRequest(f"Inference-Header-Content-Length {header_length[:40]!r} is not a number")
+        n = int(text)
+        if n > len(body):
             raise BadRequest(f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes")
     try:
-        return json.loads(body[:n]), body[n:]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        request = orjson.loads(memoryview(body)[:n] if n != len(body) else body)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    if not isinstance(request, dict):
+        raise BadRequest("request body must be a JSON object")
+    return request, body[n:]
 
 
-def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
-    """V2 request `inputs` -> {name: numpy array of the given shape and datatype}."""
+def decode_bytes_tensor(chunk: bytes, count: int, name: str) -> list[bytes]:
+    """Binary BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    out: list[bytes] = []
+    pos, end = 0, len(chunk)
+    for _ in range(count):
+        if pos + 4 > end:
+            raise BadRequest(f"input {name!r}: binary BYTES data ends inside an element's length")
+        (size,) = struct.unpack_from("<I", chunk, pos)
+        pos += 4
+        if pos + size > end:
+            raise BadRequest(f"input {name!r}: binary BYTES element of {size} bytes runs past the data")
+        out.append(bytes(chunk[pos : pos + size]))
+        pos += size
+    if pos != end:
+        raise BadRequest(f"input {name!r}: {end - pos} bytes of binary BYTES data left over after {count} elements")
+    return out
+
+
+def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, Any]:
+    """V2 request `inputs` -> {name: numpy array of the given shape and datatype}.
+
+    Every shape is checked against `max_elements` before anything is allocated, so a declared
+    `[1000000000, 64]` is a 400, not an attempt to build the tensor."""
     import numpy as np
 
     if not isinstance(request, dict):
@@ -143,9 +172,15 @@ def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
             raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers, got {json.dumps(shape)}")
+        if len(shape) > 32 or any(d > MAX_DIM for d in shape):
+            raise BadRequest(f"input {name!r}: shape {json.dumps(shape)[:200]} is too large")
         count = 1
         for d in shape:
             count *= d
+        if count > max_elements:
+            raise BadRequest(
+                f"input {name!r}: shape {shape} has {count} elements; this server takes at most {max_elements}"
+            )
         params = tensor.get("parameters")
         if params is None:
             params = {}
@@ -155,12 +190,13 @@ def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
             size = params["binary_data_size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
-            if dtype == "BYTES":
-                raise BadRequest(f"input {name!r}: binary BYTES tensors are not supported; send JSON data")
             chunk = binary[offset : offset + size]
             offset += size
             if len(chunk) != size:
                 raise BadRequest(f"input {name!r}: binary data is shorter than binary_data_size {size}")
+            if dtype == "BYTES":
+                out[name] = np.array(decode_bytes_tensor(chunk, count, name) or [], dtype=object).reshape(shape)
+                continue
             itemsize = np.dtype(V2_TO_NUMPY[dtype]).itemsize
             if size != count * itemsize:
                 raise BadRequest(
@@ -187,12 +223,14 @@ def decode_inputs(request: Any, binary: bytes = b"") -> dict[str, Any]:
             except (TypeError, ValueError, OverflowError) as exc:
                 raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: {exc}") from None
         out[name] = arr.reshape(shape)
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
     return out
 
 
 def requested_outputs(request: dict[str, Any]) -> list[str] | None:
-    """Names from the request's `outputs` (None: the model's default). Their `parameters`
-    (tritonclient's binary_data) are accepted and ignored: outputs always come back as JSON."""
+    """Names from the request's `outputs` (None: the model's default); see binary_outputs for their
+    `parameters`."""
     outputs = request.get("outputs")
     if outputs is None:
         return None
@@ -206,22 +244,62 @@ def requested_outputs(request: dict[str, Any]) -> list[str] | None:
     return names
 
 
-def encode_outputs(arrays: dict[str, Any]) -> list[dict[str, Any]]:
-    """{name: array} -> V2 response tensors with flat, row-major JSON data."""
+# Datatypes orjson writes straight from a numpy array (OPT_SERIALIZE_NUMPY), without a Python list.
+_ORJSON_NATIVE = frozenset(
+    ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool")
+)
+
+
+def _as_bytes(x: Any) -> bytes:
+    return x if isinstance(x, bytes) else str(x).encode()
+
+
+def encode_outputs(arrays: dict[str, Any], binary: frozenset[str] | bool = False) -> tuple[list[dict[str, Any]], bytes]:
+    """{name: array} -> V2 response tensors and the binary data appended after the JSON.
+
+    Outputs named in `binary` (or all, for True) go out in the binary-data extension: raw little-endian
+    bytes, or for BYTES each element as a 4-byte length and its bytes. The others carry flat, row-major
+    `data`; numeric arrays are left as numpy for orjson to write directly (OPT_SERIALIZE_NUMPY)."""
     import numpy as np
 
-    out = []
-    for name, arr in arrays.items():
-        arr = np.asarray(arr)
+    out: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, value in arrays.items():
+        arr = np.asarray(value)
         if arr.dtype.kind in ("U", "S", "O"):
             datatype = "BYTES"
-            data: list[Any] = [
-                x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()
-            ]
         else:
-            datatype = NUMPY_TO_V2.get(str(arr.dtype), "FP64")
-            if datatype == "FP64" and arr.dtype != np.float64:
-                arr = arr.astype(np.float64)  # e.g. float128: say FP64 and send FP64
-            data = arr.reshape(-1).tolist()
-        out.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data})
-    return out
+            datatype = NUMPY_TO_V2.get(arr.dtype.name, "")
+            if not datatype:  # e.g. float128: say FP64 and send FP64
+                arr, datatype = arr.astype(np.float64), "FP64"
+        tensor: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype}
+        flat = arr.reshape(-1)
+        if binary is True or (binary and name in binary):
+            if datatype == "BYTES":
+                raw = b"".join(struct.pack("<I", len(b)) + b for b in map(_as_bytes, flat.tolist()))
+            else:
+                raw = np.ascontiguousarray(flat, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == "BYTES":
+            tensor["data"] = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat.tolist()]
+        elif arr.dtype.name in _ORJSON_NATIVE:
+            tensor["data"] = np.ascontiguousarray(flat)
+        else:
+            tensor["data"] = flat.tolist()
+        out.append(tensor)
+    return out, b"".join(chunks)
+
+
+def binary_outputs(request: dict[str, Any]) -> frozenset[str] | bool:
+    """Which outputs the client wants as binary data: all (`binary_data_output` request parameter), or
+    those whose own parameters say `binary_data: true` (tritonclient's default for requested outputs)."""
+    params = request.get("parameters")
+    if isinstance(params, dict) and params.get("binary_data_output") is True:
+        return True
+    named = frozenset(
+        o["name"]
+        for o in request.get("outputs") or ()
+        if isinstance(o, dict) and isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+    )
+    return named or False

@@ -103,7 +103,7 @@ def test_real_v2_client(server, digits_model) -> None:
         assert client.is_model_ready(NAME) and client.is_model_ready(NAME, model_version=VERSION)
         assert not client.is_model_ready("other")
         server_meta = client.get_server_metadata()
-        assert server_meta["name"] == "lepton-ci" and server_meta["extensions"] == [] and server_meta["version"]
+        assert server_meta["name"] == "lepton-ci" and server_meta["extensions"] == ["binary_tensor_data"] and server_meta["version"]
         meta = client.get_model_metadata(NAME)
         assert meta["name"] == NAME and meta["versions"] == [VERSION] and meta["platform"] == "sklearn"
         assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 64]}]
@@ -111,8 +111,7 @@ def test_real_v2_client(server, digits_model) -> None:
                                    {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 10]}]
         assert client.get_model_metadata(NAME, model_version=VERSION) == meta
 
-        # JSON inputs and binary-extension inputs; outputs requested as binary come back as JSON, which the
-        # client decodes the same way.
+        # JSON inputs and binary-extension inputs; outputs as JSON or in the binary extension, as asked.
         for binary_in in (False, True):
             for binary_out in (False, True):
                 inp = httpclient.InferInput("input-0", list(X.shape), "FP64")
@@ -121,6 +120,9 @@ def test_real_v2_client(server, digits_model) -> None:
                         httpclient.InferRequestedOutput("predict_proba", binary_data=binary_out)]
                 result = client.infer(NAME, [inp], outputs=outs, request_id="r1")
                 assert result.get_response()["id"] == "r1"
+                for out in result.get_response()["outputs"]:
+                    assert ("data" not in out) == binary_out, out
+                    assert ("binary_data_size" in out.get("parameters", {})) == binary_out, out
                 assert result.get_response()["model_version"] == VERSION
                 np.testing.assert_array_equal(result.as_numpy("predict"), model.predict(X))
                 np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(X), rtol=1e-12)
@@ -218,8 +220,14 @@ def _body(**fields: Any) -> bytes:
          + b"\0" * 100, {"Inference-Header-Content-Length": "SELF"}, "shorter than binary_data_size"),
         (_body(inputs=[{"name": "input-0", "shape": [1, 64], "datatype": "FP64", "parameters": {"binary_data_size": 8}}])
          + b"\0" * 8, {"Inference-Header-Content-Length": "SELF"}, "needs 64 elements"),
-        (_body(inputs=[{"name": "input-0", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 4}}])
-         + b"\0" * 4, {"Inference-Header-Content-Length": "SELF"}, "binary BYTES tensors are not supported"),
+        (_body(inputs=[{"name": "input-0", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 2}}])
+         + b"\0" * 2, {"Inference-Header-Content-Length": "SELF"}, "ends inside an element's length"),
+        (_body(inputs=[{"name": "input-0", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 5}}])
+         + b"\1\0\0\0a", {"Inference-Header-Content-Length": "SELF"}, "must be numeric"),
+        (_body(inputs=[{"name": "input-0", "shape": [1, 64], "datatype": "FP64", "parameters": {"binary_data_size": 512}}])
+         + b"\0" * 520, {"Inference-Header-Content-Length": "SELF"}, "8 bytes of binary data follow"),
+        (_body(inputs=[{**GOOD_INPUT, "shape": [1000000000, 64]}]), {}, "this server takes at most"),
+        (_body(inputs=[{**GOOD_INPUT, "shape": [2**40, 2**40, 0]}]), {}, "is too large"),
         (b"not gzip", {"Content-Encoding": "gzip"}, "not valid gzip"),
         (gzip.compress(b"{}"), {"Content-Encoding": "br"}, "unsupported Content-Encoding"),
         (gzip.compress(b"{oops"), {"Content-Encoding": "gzip"}, "not valid JSON"),
@@ -246,7 +254,14 @@ def test_routes_errors_keep_alive_and_metrics(server) -> None:
     assert status == 404 and "unknown model 'other'" in payload["error"]
     status, payload = post(base, f"/v2/models/{NAME}/versions/9/infer", _body(inputs=[GOOD_INPUT]))
     assert status == 404 and "unknown version '9'" in payload["error"]
-    assert post(base, "/v2/health/live", b"{}")[0] == 404
+    status, payload = post(base, "/v2/health/live", b"{}")
+    assert status == 405 and "allowed: GET, HEAD" in payload["error"]
+    for method, path, allow in (("TRACE", "/v2/", "GET, HEAD"), ("PUT", INFER, "POST"), ("DELETE", "/metrics", "GET, HEAD")):
+        conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=10)
+        conn.request(method, path)
+        resp = conn.getresponse()
+        assert (resp.status, resp.headers["Allow"]) == (405, allow), (method, path)
+        conn.close()
 
     # HTTP/1.1 keep-alive: an error and then a good request on one connection, with exact Content-Length.
     conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=10)
@@ -287,7 +302,7 @@ def test_sigterm_exits_0_with_an_open_keep_alive_connection(digits_model, tmp_pa
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/v2/health/ready")
-        assert conn.getresponse().read() == b'{"ready": true}'
+        assert json.loads(conn.getresponse().read()) == {"ready": True}
         proc.send_signal(signal.SIGTERM)  # the idle connection stays open: it must not block shutdown
         assert proc.wait(10) == 0
         stderr = proc.stderr.read() if proc.stderr else ""

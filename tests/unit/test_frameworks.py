@@ -18,7 +18,7 @@ from tests.e2e.helpers import require
 
 def test_importing_the_seam_and_server_pulls_in_no_framework() -> None:
     """`lepton-ci --help` and the deploy step import these; numpy/sklearn must wait until a model loads."""
-    code = ("import sys, lepton_ci.frameworks, lepton_ci.frameworks.sklearn, lepton_ci.serve.server, lepton_ci.serve.__main__;"
+    code = ("import sys, lepton_ci.frameworks, lepton_ci.frameworks.sklearn, lepton_ci.serve.__main__, lepton_ci.serve.options;"
             "print(sorted(m for m in ('numpy', 'sklearn', 'joblib', 'prometheus_client') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
@@ -64,11 +64,15 @@ def test_classifier_with_string_labels(iris, tmp_path: Path) -> None:
     }
     inputs = decode_inputs(model.example_request())
     assert inputs["input-0"].shape == (1, 4)
-    out = encode_outputs(model.predict({"input-0": X[:5]}, ["predict", "predict_proba"]))
+    out, raw = encode_outputs(model.predict({"input-0": X[:5]}, ["predict", "predict_proba"]))
     assert out[0] == {"name": "predict", "shape": [5], "datatype": "BYTES", "data": est.predict(X[:5]).tolist()}
-    assert out[1]["shape"] == [5, 3] and out[1]["datatype"] == "FP64"
-    empty = encode_outputs(model.predict({"input-0": np.zeros((0, 4))}, None))
-    assert empty == [{"name": "predict", "shape": [0], "datatype": "BYTES", "data": []}]
+    assert out[1]["shape"] == [5, 3] and out[1]["datatype"] == "FP64" and raw == b""
+    empty, raw = encode_outputs(model.predict({"input-0": np.zeros((0, 4))}, None))
+    assert empty == [{"name": "predict", "shape": [0], "datatype": "BYTES", "data": []}] and raw == b""
+    # The binary-data extension: each BYTES element as a 4-byte little-endian length and its bytes.
+    out, raw = encode_outputs({"predict": np.array(["ab", "c"])}, frozenset({"predict"}))
+    assert out == [{"name": "predict", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 11}}]
+    assert raw == b"\x02\0\0\0ab\x01\0\0\0c"
 
 
 def test_regressor_and_classifier_without_proba(iris, tmp_path: Path) -> None:
@@ -131,18 +135,24 @@ def test_decode_binary_tensor_data_is_little_endian() -> None:
     assert decode_inputs(request, binary)["x"].tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
-def test_in_process_server_limits_model_calls_to_workers(iris) -> None:
-    """make_server + serve_in_thread is the library API; --workers bounds concurrent model calls."""
+def test_in_process_server_serialises_a_model_that_is_not_thread_safe(iris) -> None:
+    """V2App + ThreadedServer is the library API. A model without `thread_safe` that cannot batch gets one
+    predict call at a time, however many requests arrive together."""
     from sklearn.linear_model import LogisticRegression
 
     from lepton_ci.frameworks.sklearn import SklearnModel
-    from lepton_ci.serve.server import make_server, serve_in_thread
+    from lepton_ci.serve.app import V2App
+    from lepton_ci.serve.options import ServeOptions
+    from lepton_ci.serve.runner import ThreadedServer
 
     X, y = iris
     inner = SklearnModel(LogisticRegression(max_iter=500).fit(X, y))
     active, peak, lock = [0], [0], threading.Lock()
 
     class Counting(SklearnModel):
+        supports_batching = False
+        thread_safe = False
+
         def predict(self, inputs, outputs):  # type: ignore[no-untyped-def]
             with lock:
                 active[0] += 1
@@ -154,10 +164,9 @@ def test_in_process_server_limits_model_calls_to_workers(iris) -> None:
                 with lock:
                     active[0] -= 1
 
-    server = make_server(Counting(inner.model), "iris", 7, "127.0.0.1", 0, workers=1)
-    assert server.server_address[0] == "127.0.0.1" and server.server_address[1] > 0
-    thread = serve_in_thread(server)
-    url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/iris/versions/7/infer"
+    server = ThreadedServer(V2App(Counting(inner.model), "iris", "7", ServeOptions()), ServeOptions()).start()
+    assert server.port > 0
+    url = f"http://127.0.0.1:{server.port}/v2/models/iris/versions/7/infer"
     results: list[int] = []
 
     def one() -> None:
@@ -174,9 +183,6 @@ def test_in_process_server_limits_model_calls_to_workers(iris) -> None:
             t.join(20)
         assert results == [int(inner.model.predict([[0.0] * 4])[0])] * 4
         assert peak[0] == 1
-        assert server.drain(1.0)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    assert not thread.is_alive()
+        server.stop()
+    assert not server.thread.is_alive()
