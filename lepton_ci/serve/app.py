@@ -182,6 +182,11 @@ class V2App:
     async def _infer(
         self, scope: dict[str, Any], receive: Any, log: dict[str, Any] | None
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        runner = self.runner
+        if runner is None:
+            return _error(503, "the model is not loaded yet", retry_after=self.options.retry_after_s)
+        if runner.full:  # refuse before reading or decoding anything: overload must stay cheap to answer
+            return _error(503, runner.full_message(), retry_after=self.options.retry_after_s)
         headers = _headers(scope)
         limit = self.options.max_body_bytes
         declared = headers.get(b"content-length")
@@ -195,9 +200,6 @@ class V2App:
             return _error(413, f"request body is over the limit of {limit} bytes", close=True)
         if log is not None:
             log["bytes_in"] = len(body)
-        runner = self.runner
-        if runner is None:
-            return _error(503, "the model is not loaded yet", retry_after=self.options.retry_after_s)
         encoding = headers.get(b"content-encoding")
         header_length = headers.get(b"inference-header-content-length")
         try:

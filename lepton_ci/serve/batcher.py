@@ -109,13 +109,16 @@ class ModelRunner:
         self._pool.shutdown(wait=True)
 
     @property
-    def depth(self) -> int:
-        return self._waiting
+    def full(self) -> bool:
+        return self._waiting >= self.max_queue
+
+    def full_message(self) -> str:
+        return f"{self._waiting} requests are waiting for the model (max_queue {self.max_queue}); retry later"
 
     # -- requests --------------------------------------------------------------------------------
     async def infer(self, inputs: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
-        if self._waiting >= self.max_queue:
-            raise Overloaded(f"{self._waiting} requests are waiting for the model (max_queue {self.max_queue})")
+        if self.full:
+            raise Overloaded(self.full_message())
         self._waiting += 1
         self.metrics.queued(self._waiting)
         try:
