@@ -7,8 +7,11 @@ Each benchmark script imports this module; run the scripts as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -199,3 +202,36 @@ def host_line() -> str:
     except OSError:
         load = "load ?"
     return f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {load}"
+
+
+def free_port(host: str = "127.0.0.1", avoid: Sequence[int] = ()) -> int:
+    """A TCP port that is free on ``host`` right now (the kernel's pick), not one of ``avoid``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGTERM to it (it stops its own children), then,
+    after ``grace`` seconds or once it has exited, SIGTERM and soon SIGKILL to whatever is left of its process
+    group (children it left behind, or itself if it did not stop)."""
+    with contextlib.suppress(subprocess.TimeoutExpired, ProcessLookupError):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(grace)
+    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+        deadline = time.monotonic() + wait
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break  # nothing left of the group
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.05)
+    proc.wait()

@@ -52,6 +52,7 @@ SECRET_ENV_VARS: tuple[str, ...] = (
     "LEPTON_CI_REGISTRY_KEY",  # encryption at rest of registry blobs
     "LEPTON_CI_REGISTRY_PASSWORD",
     "LEPTON_API_TOKEN",
+    "LEPTON_WORKSPACE_TOKEN",  # leptonai's own variable, the lepton target's default token
 )
 
 #: Any variable whose name starts with this is secret (LEPTON_CI_SIGNING_KEY and all its variants).

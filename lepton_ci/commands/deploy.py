@@ -38,19 +38,34 @@ def _print(d: Deployment, as_json: bool) -> None:
     help="Public key file (or PEM text) the blessing must verify with; repeatable (default: "
     "LEPTON_CI_PUBLIC_KEY, then signing.public_key in lepton.yml).",
 )
+@click.option(
+    "--render-only",
+    "render_only",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[DIR]",
+    help="kubernetes target: write the manifests (to DIR, default deploy.kubernetes.render_only or "
+    ".lepton/manifests) for GitOps instead of applying them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json.")
 @click.pass_context
 def deploy_group(
-    ctx: click.Context, ref: str | None, allow_unblessed: bool, public_keys: tuple[str, ...], as_json: bool
+    ctx: click.Context,
+    ref: str | None,
+    allow_unblessed: bool,
+    public_keys: tuple[str, ...],
+    render_only: str | None,
+    as_json: bool,
 ) -> None:
     """Deploy a blessed version to deploy.target, then move deploy.alias (production) to it."""
     ctx.obj["as_json"] = as_json
     ctx.obj["public_keys"] = public_keys
     if ctx.invoked_subcommand is not None:
-        if ref or allow_unblessed:
+        if ref or allow_unblessed or render_only is not None:
             from lepton_ci.errors import UserError
 
-            flag = "--version" if ref else "--allow-unblessed"
+            flag = "--version" if ref else "--allow-unblessed" if allow_unblessed else "--render-only"
             raise UserError(f"{flag} goes with `lepton-ci deploy` itself, not with `deploy {ctx.invoked_subcommand}`")
         return
     from lepton_ci.steps.deploy import deploy
@@ -60,7 +75,7 @@ def deploy_group(
         click.echo("lepton-ci: warning: --allow-unblessed: the gate record is not enforced for this deploy", err=True)
     from lepton_ci.forge.outputs import emit
 
-    record = deploy(config, ref=ref, allow_unblessed=allow_unblessed, public_keys=public_keys)
+    record = deploy(config, ref=ref, allow_unblessed=allow_unblessed, public_keys=public_keys, render_only=render_only)
     emit({"endpoint": record.endpoint, "deployed-version": record.version, "deploy-status": record.status})
     _print(record, as_json)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,10 +40,46 @@ def _start_ticks(pid: int) -> str | None:
 
 
 SERVER_PREFIX = ["-I", "-m", "lepton_ci.serve"]
+# deploy.server keys -> the server's flags; each takes one number (docs/serving.md explains them).
+SERVER_FLAGS = {
+    "workers": "--workers",
+    "max_batch_size": "--max-batch-size",
+    "max_batch_wait_ms": "--max-batch-wait-ms",
+    "max_queue": "--max-queue",
+    "max_body_bytes": "--max-body-bytes",
+    "max_connections": "--max-connections",
+    "header_timeout": "--header-timeout",
+    "keep_alive_timeout": "--keep-alive-timeout",
+    "drain_delay": "--drain-delay",
+    "drain_timeout": "--drain-timeout",
+}
+SERVER_SWITCHES = {"--batching", "--no-batching", "--access-log"}
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def server_args(settings: dict[str, Any]) -> list[str]:
+    """The server flags for `deploy.server` (validated by the config schema)."""
+    args: list[str] = []
+    for key, flag in SERVER_FLAGS.items():
+        if settings.get(key) is not None:
+            args += [flag, str(settings[key])]
+    if settings.get("batching") is not None:
+        args.append("--batching" if settings["batching"] else "--no-batching")
+    if settings.get("access_log"):
+        args.append("--access-log")
+    return args
 
 
 def server_command(
-    model_dir: Path, model_file: str, framework: str, name: str, version: int, host: str, port: int, port_file: Path
+    model_dir: Path,
+    model_file: str,
+    framework: str,
+    name: str,
+    version: int,
+    host: str,
+    port: int,
+    port_file: Path,
+    extra: list[str] | None = None,
 ) -> list[str]:
     """The model server's argv. `-I` keeps the working directory, PYTHONPATH and user site out of its
     imports: a `joblib.py` in the checkout must not run inside the server that serves a blessed model."""
@@ -65,19 +102,32 @@ def server_command(
         str(port),
         "--port-file",
         str(port_file),
+        *(extra or []),
     ]
 
 
 def is_server_command(cmd: Any) -> TypeGuard[list[str]]:
-    return (
+    """True for exactly the argv server_command builds: the fixed part, then only known flags with numbers."""
+    if not (
         isinstance(cmd, list)
-        and len(cmd) == 20
+        and len(cmd) >= 20
         and all(isinstance(c, str) for c in cmd)
         and cmd[0] == sys.executable
         and cmd[1:4] == SERVER_PREFIX
         and cmd[4:19:2]
         == ["--model-dir", "--model-file", "--framework", "--name", "--version", "--host", "--port", "--port-file"]
-    )
+    ):
+        return False
+    rest = cmd[20:]
+    valued = set(SERVER_FLAGS.values())
+    while rest:
+        if rest[0] in SERVER_SWITCHES:
+            rest = rest[1:]
+        elif rest[0] in valued and len(rest) > 1 and _NUMBER.fullmatch(rest[1]):
+            rest = rest[2:]
+        else:
+            return False
+    return True
 
 
 def _is_our_server(pid: int) -> bool:
@@ -138,6 +188,7 @@ class LocalTarget:
             host,
             port,
             port_file,
+            server_args(spec.options.get("server") or {}),
         )
         proc = _spawn(cmd, log, os.O_TRUNC)
         info = {

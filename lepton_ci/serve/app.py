@@ -13,7 +13,6 @@ import re
 import sys
 import time
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 
@@ -153,7 +152,7 @@ class V2App:
         m = MODEL_ROUTE.match(path)
         if m is None:
             return _error(404, f"no route {method} {path[:200]}")
-        name, version, rest = unquote(m["name"]), m["version"], m["rest"] or ""
+        name, version, rest = m["name"], m["version"], m["rest"] or ""  # scope["path"] is already decoded
         if rest == "/infer":
             if method != "POST":
                 return _not_allowed(method, "POST")
@@ -161,10 +160,8 @@ class V2App:
             return _not_allowed(method, "GET, HEAD")
         if name != self.name:
             return _error(404, f"unknown model {name[:100]!r} (this server serves {self.name!r})")
-        if version is not None and unquote(version) != self.version:
-            return _error(
-                404, f"unknown version {unquote(version)[:100]!r} of model {name!r} (serving version {self.version})"
-            )
+        if version is not None and version != self.version:
+            return _error(404, f"unknown version {version[:100]!r} of model {name!r} (serving version {self.version})")
         if rest == "/ready":
             ready = self.state.ready
             return (200 if ready else 503), orjson.dumps({"name": name, "ready": ready}), [(b"content-type", JSON)]
@@ -213,12 +210,13 @@ class V2App:
                 request, inputs = self._decode(body, encoding, header_length)
             wanted = requested_outputs(request)
             binary = binary_outputs(request)
+            rid = request.get("id")
+            if rid is not None and not isinstance(rid, str):
+                raise BadRequest("request 'id' must be a string")
         except BadRequest as exc:
             return _error(400, str(exc))
-        if log is not None:
-            rid = request.get("id")
-            if isinstance(rid, str):
-                log["id"] = rid[:100]
+        if log is not None and rid is not None:
+            log["id"] = rid[:100]
         self.metrics.in_flight_add(1)
         try:
             result = await runner.infer(inputs, wanted)
@@ -232,8 +230,7 @@ class V2App:
         finally:
             self.metrics.in_flight_add(-1)
         response: dict[str, Any] = {"model_name": self.name, "model_version": self.version}
-        rid = request.get("id")
-        if isinstance(rid, str) and rid:
+        if rid is not None:
             response["id"] = rid
         response["outputs"] = tensors
         try:

@@ -38,17 +38,28 @@ class BadRequest(ValueError):
     """The client sent something the protocol does not allow: HTTP 400."""
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Row-major flattening of nested JSON lists (the protocol allows flat or nested `data`)."""
+def _flatten(data: Any, shape: list[int], name: str) -> list[Any]:
+    """Row-major flattening of `data`: flat, or nested exactly as `shape` says (one list level per
+    dimension, each of that dimension's length). A ragged nesting is a 400, not a silent reshape."""
     if not isinstance(data, list):
         return [data]
+    if not any(isinstance(item, list) for item in data):
+        return data  # flat: the common case, nothing to check beyond the element count
     out: list[Any] = []
-    stack = [iter(data)]
+    stack = [(iter(data), 0)]
+    if len(data) != (shape[0] if shape else -1):
+        raise BadRequest(f"input {name!r}: nested data does not match shape {shape}")
     while stack:  # iterative, so a deeply nested body cannot hit the recursion limit
-        for item in stack[-1]:
+        items, depth = stack[-1]
+        for item in items:
+            inner = depth + 1
             if isinstance(item, list):
-                stack.append(iter(item))
+                if inner >= len(shape) or len(item) != shape[inner]:
+                    raise BadRequest(f"input {name!r}: nested data does not match shape {shape}")
+                stack.append((iter(item), inner))
                 break
+            if inner != len(shape):
+                raise BadRequest(f"input {name!r}: nested data does not match shape {shape}")
             out.append(item)
         else:
             stack.pop()
@@ -207,7 +218,7 @@ def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT
         else:
             if "data" not in tensor:
                 raise BadRequest(f"input {name!r} has no 'data' (and no binary_data_size)")
-            flat = _flatten(tensor["data"])
+            flat = _flatten(tensor["data"], shape, name)
             if len(flat) != count:
                 raise BadRequest(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
             kinds, words = _json_kinds(dtype)
@@ -219,9 +230,14 @@ def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT
                         f"got {json.dumps(misfit[0])}"
                     )
             try:
-                arr = np.asarray(flat, dtype=V2_TO_NUMPY[dtype])
+                with np.errstate(over="raise"):
+                    arr = np.asarray(flat, dtype=V2_TO_NUMPY[dtype])
             except (TypeError, ValueError, OverflowError) as exc:
                 raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: {exc}") from None
+            except FloatingPointError:
+                arr = np.zeros(0)  # reported just below
+            if (arr.dtype.kind == "f" and not np.isfinite(arr).all()) or arr.size != count:
+                raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: a value is out of its range")
         out[name] = arr.reshape(shape)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
@@ -238,6 +254,8 @@ def requested_outputs(request: dict[str, Any]) -> list[str] | None:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise BadRequest("'outputs' must be a list of objects with a 'name'")
+    if any(not isinstance(o.get("parameters", {}), dict) for o in outputs):
+        raise BadRequest("an output's 'parameters' must be an object")
     names = [o["name"] for o in outputs]
     if len(set(names)) != len(names):
         raise BadRequest("'outputs' names an output twice")
@@ -284,6 +302,11 @@ def encode_outputs(arrays: dict[str, Any], binary: frozenset[str] | bool = False
         elif datatype == "BYTES":
             tensor["data"] = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat.tolist()]
         elif arr.dtype.name in _ORJSON_NATIVE:
+            if arr.dtype.kind == "f" and not np.isfinite(flat).all():
+                raise BadRequest(
+                    f"output {name!r} holds NaN or infinite values, which JSON cannot carry: "
+                    "ask for it as binary data (outputs: [{name, parameters: {binary_data: true}}])"
+                )
             tensor["data"] = np.ascontiguousarray(flat)
         else:
             tensor["data"] = flat.tolist()

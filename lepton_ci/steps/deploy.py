@@ -274,7 +274,10 @@ def deploy(
     move_alias: bool = True,
     reason: str = "",
     public_keys: tuple[str, ...] | list[str] = (),
+    render_only: str | None = None,
 ) -> Deployment:
+    """`render_only`: "" or a directory (--render-only [DIR]) writes the kubernetes manifests instead of
+    applying them, whatever deploy.kubernetes.render_only says."""
     with deployment_lock(config):
         return _deploy(
             config,
@@ -283,7 +286,27 @@ def deploy(
             move_alias=move_alias,
             reason=reason,
             public_keys=public_keys,
+            render_only=render_only,
         )
+
+
+def target_options(config: Config, render_only: str | None = None) -> dict[str, Any]:
+    """The `deploy` section as a target gets it: paths in it made absolute (a target does not know where
+    lepton.yml is) and --render-only applied. `render_only: true` writes to `manifests/` beside
+    deployment.json; a directory in lepton.yml is relative to lepton.yml, one on the command line to the
+    working directory."""
+    options = config.section("deploy")
+    if render_only is not None and options.get("target", "local") != "kubernetes":
+        raise UserError(f"--render-only needs deploy.target kubernetes, not {options.get('target', 'local')!r}")
+    k = dict(options.get("kubernetes") or {})
+    if render_only is not None:
+        value: Any = str(Path(render_only).resolve()) if render_only else True
+    else:
+        value = k.get("render_only", False)
+        value = str(config.resolve(value)) if isinstance(value, str) else value
+    k["render_only"] = str(config.deployment_path.parent / "manifests") if value is True else value
+    options["kubernetes"] = k
+    return options
 
 
 def _deploy(
@@ -294,8 +317,9 @@ def _deploy(
     move_alias: bool,
     reason: str,
     public_keys: tuple[str, ...] | list[str],
+    render_only: str | None = None,
 ) -> Deployment:
-    section = config.section("deploy")
+    section = target_options(config, render_only)
     registry = open_registry(config.registry_url, config.root)
     if ref is None:
         tagged = read_tagged_version(config.root)
@@ -333,6 +357,9 @@ def _deploy(
         record.extra["unblessed"] = problem
     record.write(config.deployment_path)
     alias = section.get("alias", "production")
+    # Rendered manifests run nowhere yet (a GitOps tool applies them later): the alias keeps naming what runs.
+    if record.status == "rendered":
+        return record
     if move_alias and alias and registry.aliases(mv.name).get(alias) != mv.version:
         registry.move_alias(
             mv.name, alias, mv.version, reason=reason or f"deployed to {target.name} at {record.endpoint}"
@@ -375,7 +402,7 @@ def rollback(
         )
         alias = config.section("deploy").get("alias", "production")
         registry = open_registry(config.registry_url, config.root)
-        if alias and registry.aliases(record.model).get(alias) != previous_version:
+        if alias and record.status != "rendered" and registry.aliases(record.model).get(alias) != previous_version:
             registry.move_alias(
                 record.model, alias, previous_version, reason=f"deploy rollback from v{current.version}"
             )

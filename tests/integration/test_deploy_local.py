@@ -52,10 +52,16 @@ def test_pipeline_deploys_then_gates_and_rolls_back(project: Path) -> None:
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
+    cfg = project / "lepton.yml"
+    cfg.write_text(cfg.read_text() + "  server:\n    workers: 2\n    max_batch_size: 16\n    access_log: true\n")
     r = cli("run", "-p", "C=1.0", cwd=project, env=KEY, timeout=300)
     assert r.code == 0, r
     dep = json.loads((project / ".lepton/deployment.json").read_text())
     assert dep["status"] == "healthy" and dep["version"] == 1 and dep["endpoint"].startswith("http://127.0.0.1:")
+    # deploy.server reaches the server: two workers, batches of at most 16 rows, one access-log line per request.
+    assert dep["state"]["command"][20:] == ["--workers", "2", "--max-batch-size", "16", "--access-log"]
+    log = Path(dep["state"]["log"]).read_text()
+    assert "with 2 worker(s)" in log and '"path":"/v2/models/digits/infer"' in log
     assert [h["check"] for h in dep["health"]] == ["live", "ready", "metadata", "smoke"]
     assert all(h["passed"] for h in dep["health"])
     assert "### Deployment" in r.out and "**healthy**" in r.out
