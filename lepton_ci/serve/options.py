@@ -30,7 +30,9 @@ class ServeOptions:
     # Adaptive batching: None lets the model decide (on when its loader says it can batch).
     batching: bool | None = None
     max_batch_size: int = 32  # rows per predict call
-    max_batch_wait_ms: float = 1.0  # longest a request waits for others to join its batch
+    # Longest a request waits for others to join its batch; the batcher also never waits longer than
+    # one model call takes, so this is the cap for expensive models.
+    max_batch_wait_ms: float = 5.0
     # Requests waiting for the model in one worker; one more is answered 503 with Retry-After.
     max_queue: int = 256
     # Size limits, checked before the bytes are decoded or the tensors allocated.

@@ -43,8 +43,8 @@ def _flatten(data: Any, shape: list[int], name: str) -> list[Any]:
     dimension, each of that dimension's length). A ragged nesting is a 400, not a silent reshape."""
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(item, list) for item in data):
-        return data  # flat: the common case, nothing to check beyond the element count
+    if not data or not isinstance(data[0], list):
+        return data  # flat, the common case (a list nested further in fails numpy's conversion: a 400)
     out: list[Any] = []
     stack = [(iter(data), 0)]
     if len(data) != (shape[0] if shape else -1):
@@ -93,6 +93,39 @@ def _misfits(flat: list[Any], datatype: str) -> list[Any]:
         if not fits(x):
             return [x]
     return []
+
+
+def _json_tensor(flat: list[Any], dtype: str, name: str) -> Any:
+    """A JSON element list as a numpy array of `dtype`, with every element of the JSON type the datatype
+    takes (a string in an FP64 tensor is a 400, not numpy's silent cast) and in its range."""
+    import numpy as np
+
+    kinds, words = _json_kinds(dtype)
+    target = np.dtype(V2_TO_NUMPY[dtype])
+    try:
+        raw = np.asarray(flat)  # numpy's own guess says whether the JSON types fit, in one pass
+    except (TypeError, ValueError, OverflowError):
+        raw = None  # e.g. a list nested inside a flat one, or integers past 64 bits
+    if raw is None or (flat and raw.dtype.kind not in kinds):
+        misfit = _misfits(flat, dtype)
+        if misfit:
+            raise BadRequest(
+                f"input {name!r}: data does not fit datatype {dtype}: expected {words}, got {json.dumps(misfit[0])}"
+            )
+        raw = None  # the types fit, numpy just guessed otherwise (integers spanning int64 and uint64)
+    try:
+        with np.errstate(over="raise"):
+            if raw is not None and target.kind in "fb":
+                arr = raw.astype(target, copy=False)
+            else:  # integers: converting from the list checks each value's range for the target
+                arr = np.asarray(flat, dtype=target)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: {exc}") from None
+    except FloatingPointError:
+        raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: a value is out of its range") from None
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # JSON has no inf or NaN: it came from overflow
+        raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: a value is out of its range")
+    return arr
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -221,23 +254,7 @@ def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT
             flat = _flatten(tensor["data"], shape, name)
             if len(flat) != count:
                 raise BadRequest(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
-            kinds, words = _json_kinds(dtype)
-            if flat and np.asarray(flat).dtype.kind not in kinds:
-                misfit = _misfits(flat, dtype)
-                if misfit:
-                    raise BadRequest(
-                        f"input {name!r}: data does not fit datatype {dtype}: expected {words}, "
-                        f"got {json.dumps(misfit[0])}"
-                    )
-            try:
-                with np.errstate(over="raise"):
-                    arr = np.asarray(flat, dtype=V2_TO_NUMPY[dtype])
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: {exc}") from None
-            except FloatingPointError:
-                arr = np.zeros(0)  # reported just below
-            if (arr.dtype.kind == "f" and not np.isfinite(arr).all()) or arr.size != count:
-                raise BadRequest(f"input {name!r}: data does not fit datatype {dtype}: a value is out of its range")
+            arr = _json_tensor(flat, dtype, name)
         out[name] = arr.reshape(shape)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
@@ -262,10 +279,15 @@ def requested_outputs(request: dict[str, Any]) -> list[str] | None:
     return names
 
 
-# Datatypes orjson writes straight from a numpy array (OPT_SERIALIZE_NUMPY), without a Python list.
-_ORJSON_NATIVE = frozenset(
-    ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool")
-)
+_DTYPE_TO_V2: dict[Any, str] = {}
+
+
+def _v2_datatype(dtype: Any) -> str:
+    """The V2 datatype of a numpy dtype ("" for one V2 has not), cached by dtype (`dtype.name` is slow)."""
+    found = _DTYPE_TO_V2.get(dtype)
+    if found is None:
+        found = _DTYPE_TO_V2[dtype] = "" if dtype.kind == "O" else NUMPY_TO_V2.get(dtype.name, "")
+    return found
 
 
 def _as_bytes(x: Any) -> bytes:
@@ -287,7 +309,7 @@ def encode_outputs(arrays: dict[str, Any], binary: frozenset[str] | bool = False
         if arr.dtype.kind in ("U", "S", "O"):
             datatype = "BYTES"
         else:
-            datatype = NUMPY_TO_V2.get(arr.dtype.name, "")
+            datatype = _v2_datatype(arr.dtype)
             if not datatype:  # e.g. float128: say FP64 and send FP64
                 arr, datatype = arr.astype(np.float64), "FP64"
         tensor: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype}
@@ -301,15 +323,13 @@ def encode_outputs(arrays: dict[str, Any], binary: frozenset[str] | bool = False
             chunks.append(raw)
         elif datatype == "BYTES":
             tensor["data"] = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat.tolist()]
-        elif arr.dtype.name in _ORJSON_NATIVE:
+        else:  # every numeric dtype V2 names, orjson writes straight from the (native-order) array
             if arr.dtype.kind == "f" and not np.isfinite(flat).all():
                 raise BadRequest(
                     f"output {name!r} holds NaN or infinite values, which JSON cannot carry: "
                     "ask for it as binary data (outputs: [{name, parameters: {binary_data: true}}])"
                 )
-            tensor["data"] = np.ascontiguousarray(flat)
-        else:
-            tensor["data"] = flat.tolist()
+            tensor["data"] = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
         out.append(tensor)
     return out, b"".join(chunks)
 
