@@ -339,3 +339,70 @@ def test_start_failures_exit_2_with_one_line(digits_model, tmp_path: Path) -> No
             assert not (tmp_path / "port").exists(), "a port file means 'ready': never written on failure"
     finally:
         busy.close()
+
+
+def test_bearer_token_guards_everything_but_health(digits_model, tmp_path: Path) -> None:
+    """With a token, every endpoint but the two health checks needs `Authorization: Bearer TOKEN`."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    proc, port = start_server(digits_model[0], tmp_path / "port", "--auth-token-file", str(token), "--workers", "1")
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, auth: str | None) -> tuple[int, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path, headers={"Authorization": auth} if auth else {})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return resp.status, dict(resp.headers)
+
+    try:
+        assert get("/v2/health/live", None)[0] == 200 and get("/v2/health/ready", None)[0] == 200
+        for path in ("/v2", f"/v2/models/{NAME}", f"/v2/models/{NAME}/ready", "/metrics"):
+            status, headers = get(path, None)
+            assert status == 401 and headers["www-authenticate"].startswith("Bearer"), path
+            assert get(path, "Bearer wrong")[0] == 401 and get(path, "s3cret-token")[0] == 401
+            assert get(path, "Bearer s3cret-token")[0] == 200, path
+        assert post(base, INFER, _body(inputs=[GOOD_INPUT]))[0] == 401
+        assert post(base, INFER, _body(inputs=[GOOD_INPUT]), {"Authorization": "Bearer s3cret-token"})[0] == 200
+    finally:
+        stop_server(proc)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    r = subprocess.run([sys.executable, "-m", "lepton_ci.serve", "--model-dir", str(digits_model[0]), "--model-file",
+                        "model.joblib", "--name", "x", "--auth-token-file", str(empty)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "is empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chunked_bodies_limits_and_metrics(digits_model, tmp_path: Path) -> None:
+    """A chunked body is read up to the limit (413 past it, before the rest arrives); the metrics carry the
+    batch sizes, queue depth, in-flight gauge and the model version."""
+    proc, port = start_server(digits_model[0], tmp_path / "port", "--max-body-bytes", "4096", "--workers", "1")
+    try:
+        body = _body(inputs=[GOOD_INPUT])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", INFER, body=iter([body[:100], body[100:]]), encode_chunked=True,
+                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["outputs"][0]["name"] == "predict"
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", INFER, body=iter([b" " * 3000, b" " * 3000, b"{}"]), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        resp = conn.getresponse()
+        assert resp.status == 413 and "over the limit of 4096" in json.loads(resp.read())["error"]
+        conn.close()
+        big = _body(inputs=[{**GOOD_INPUT, "shape": [100, 64], "data": [row()] * 100}])
+        status, payload = post(f"http://127.0.0.1:{port}", INFER, big)
+        assert status == 413 and "4096" in payload["error"]
+        status, text = call("GET", f"http://127.0.0.1:{port}/metrics")
+        assert status == 200, text
+        for needle in (f'lepton_model_info{{framework="sklearn",model="{NAME}",version="{VERSION}"}} 1.0',
+                       f'lepton_inference_batch_size_count{{model="{NAME}"}}',
+                       f'lepton_inference_queue_depth{{model="{NAME}"}} 0.0',
+                       f'lepton_inference_in_flight{{model="{NAME}"}} 0.0',
+                       f'lepton_inference_requests_total{{model="{NAME}",status="413",version="{VERSION}"}} 2.0'):
+            assert needle in text, needle
+    finally:
+        stop_server(proc)
