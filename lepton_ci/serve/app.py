@@ -39,6 +39,10 @@ JSON = b"application/json"
 DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request was complete: nobody is left to answer."""
+
+
 class State:
     """What the supervisor and signal handlers change while the app runs."""
 
@@ -107,7 +111,10 @@ class V2App:
         method: str = scope["method"]
         path: str = scope["path"]
         log: dict[str, Any] | None = {} if self.options.access_log else None
-        status, body, headers = await self._route(method, path, scope, receive, log)
+        try:
+            status, body, headers = await self._route(method, path, scope, receive, log)
+        except ClientGone:
+            return
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append(self._server_header)
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -282,7 +289,7 @@ async def _read_body(receive: Any, limit: int) -> bytes | None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

@@ -86,7 +86,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.log.close()
         return self.proc.returncode
 
 
@@ -374,3 +373,20 @@ def test_sigterm_under_load_loses_no_accepted_request(models: Path, tmp_path: Pa
     assert len(answered) == len(infer), (len(answered), len(infer))
     assert all(s.status in (0, 200) for s in result.samples)
     server.log.close()
+
+
+def test_a_body_that_stops_arriving_is_cut_off(models: Path, tmp_path: Path) -> None:
+    """Headers in, body never finished: the connection closes at the body deadline, unanswered (nobody
+    would read an answer to a request that is not complete), and nothing is logged as served."""
+    server = Server(models, "lr.joblib", tmp_path, "--workers", "1", "--body-timeout", "1.5", "--access-log")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode() + b"{" * 10)
+            start = time.monotonic()
+            assert sock.recv(4096) == b""  # closed without a response
+            assert 1.0 < time.monotonic() - start < 5.0
+        assert ask(server.port, post(valid_body())) == 200
+    finally:
+        server.stop()
+    assert [line for line in server.output().splitlines() if line.startswith("{")] != []
+    assert all(json.loads(line)["status"] == 200 for line in server.output().splitlines() if line.startswith("{"))
