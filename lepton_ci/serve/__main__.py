@@ -62,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-wait-ms", type=_seconds, default=d.max_batch_wait_ms, help="wait for a batch to fill")
     p.add_argument("--max-queue", type=_positive, default=d.max_queue, help="waiting requests per worker before 503")
     p.add_argument("--max-body-bytes", type=_positive, default=d.max_body_bytes, help="request body limit")
+    p.add_argument("--max-inflight-bytes", type=_positive, default=d.max_inflight_bytes, help="bodies being read")
     p.add_argument("--max-tensor-elements", type=_positive, default=d.max_tensor_elements, help="per input tensor")
     p.add_argument("--max-header-bytes", type=_positive, default=d.max_header_bytes, help="request line + headers")
     p.add_argument("--max-connections", type=_positive, default=d.max_connections, help="open connections per worker")
@@ -96,6 +97,7 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         max_tensor_elements=args.max_tensor_elements,
+        max_inflight_bytes=args.max_inflight_bytes,
         max_header_bytes=args.max_header_bytes,
         max_connections=args.max_connections,
         backlog=args.backlog,

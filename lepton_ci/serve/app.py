@@ -70,6 +70,7 @@ class V2App:
         self.state = state or State()
         self.metrics = ServerMetrics(name, self.version, framework)
         self.runner: ModelRunner | None = None
+        self._body_bytes = 0  # reserved by requests being read or decoded (see _infer)
         meta = model.metadata()
         self._metadata = orjson.dumps(
             {
@@ -184,6 +185,29 @@ class V2App:
 
     # -- inference -------------------------------------------------------------------------------
     async def _infer(
+        self, scope: dict[str, Any], receive: Any, log: dict[str, Any] | None
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Reserve the body's bytes from the worker's budget first: without it, every open connection
+        could be uploading a body of the maximum size at once, and memory would have no bound."""
+        declared = _headers(scope).get(b"content-length")
+        identity = not any(key == b"content-encoding" for key, _ in scope["headers"])
+        reserve = self.options.max_body_bytes
+        if declared is not None and declared.isdigit() and len(declared) <= 19 and identity:
+            reserve = min(int(declared), reserve)
+        if self._body_bytes and self._body_bytes + reserve > self.options.max_inflight_bytes:
+            return _error(
+                503,
+                f"{self._body_bytes} bytes of requests are being read or decoded "
+                f"(max_inflight_bytes {self.options.max_inflight_bytes}); retry later",
+                retry_after=self.options.retry_after_s,
+            )
+        self._body_bytes += reserve
+        try:
+            return await self._infer_reserved(scope, receive, log)
+        finally:
+            self._body_bytes -= reserve
+
+    async def _infer_reserved(
         self, scope: dict[str, Any], receive: Any, log: dict[str, Any] | None
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         runner = self.runner

@@ -38,6 +38,9 @@ class ServeOptions:
     # Size limits, checked before the bytes are decoded or the tensors allocated.
     max_body_bytes: int = 32 * 1024 * 1024  # also the bound on a decompressed body
     max_tensor_elements: int = 16 * 1024 * 1024  # per input tensor, from its declared shape
+    # Bytes of request bodies one worker reads or decodes at a time (a request's Content-Length, or
+    # max_body_bytes when it is unknown or compressed); past it, 503. Bounds memory under any load.
+    max_inflight_bytes: int = 128 * 1024 * 1024
     max_header_bytes: int = 64 * 1024  # request line plus headers
     # Connections one worker holds open; beyond it, requests are answered 503.
     max_connections: int = 2048

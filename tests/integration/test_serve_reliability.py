@@ -390,3 +390,28 @@ def test_a_body_that_stops_arriving_is_cut_off(models: Path, tmp_path: Path) -> 
         server.stop()
     assert [line for line in server.output().splitlines() if line.startswith("{")] != []
     assert all(json.loads(line)["status"] == 200 for line in server.output().splitlines() if line.startswith("{"))
+
+
+def test_bodies_being_uploaded_share_a_memory_budget(models: Path, tmp_path: Path) -> None:
+    """Two uploads of 1 MB hold the worker's 2 MB budget while they arrive: a third is refused with 503 and
+    Retry-After before it sends a byte of its body; small requests wait for nothing once they finish."""
+    server = Server(models, "lr.joblib", tmp_path, "--workers", "1", "--max-body-bytes", "1048576",
+                    "--max-inflight-bytes", "2097152")
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    try:
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(head.encode() + b" " * 1000)
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+            third.sendall(head.encode())
+            answer = third.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower(), answer[:300]
+        assert b"max_inflight_bytes" in answer
+        for sock in slow:  # finish them: a body of spaces is not JSON, an honest 400
+            sock.sendall(b" " * (1000000 - 1000))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+            sock.close()
+        assert ask(server.port, post(valid_body())) == 200
+    finally:
+        server.stop()
