@@ -387,12 +387,20 @@ def test_chunked_bodies_limits_and_metrics(digits_model, tmp_path: Path) -> None
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read())["outputs"][0]["name"] == "predict"
         conn.close()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("POST", INFER, body=iter([b" " * 3000, b" " * 3000, b"{}"]), encode_chunked=True,
-                     headers={"Transfer-Encoding": "chunked"})
-        resp = conn.getresponse()
-        assert resp.status == 413 and "over the limit of 4096" in json.loads(resp.read())["error"]
-        conn.close()
+        # Sent in one piece, so the server has read all of it when it answers (closing a socket with unread
+        # bytes resets it, and the client might not see the 413).
+        chunk = b"bb8\r\n" + b" " * 3000 + b"\r\n"
+        raw = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+               + chunk + chunk + b"0\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while b"}" not in answer:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 413") and b"over the limit of 4096" in answer, answer
         big = _body(inputs=[{**GOOD_INPUT, "shape": [100, 64], "data": [row()] * 100}])
         status, payload = post(f"http://127.0.0.1:{port}", INFER, big)
         assert status == 413 and "4096" in payload["error"]
