@@ -60,3 +60,39 @@ def history_charts(
         if chart:
             out.append(chart)
     return out
+
+
+def param_chart(param: str, metric: str, points: list[tuple[Any, float]], direction: str = "higher") -> str | None:
+    """A sweep's parameter-vs-metric chart: the best value of `metric` for each value of `param` (numbers in
+    increasing order, others as they first appear), as one bar per parameter value."""
+    best: dict[Any, float] = {}
+    pick = max if direction == "higher" else min
+    for x, y in points:
+        key = json_key(x)
+        best[key] = y if key not in best else pick(best[key], y)
+    if len(best) < 2:
+        return None
+    keys = list(best)
+    if all(isinstance(k, (int, float)) and not isinstance(k, bool) for k in keys):
+        keys.sort()
+    lo, hi = _axis_range(list(best.values()))
+    return "\n".join(
+        [
+            "```mermaid",
+            "xychart-beta",
+            f"    title {_label(f'{metric} by {param}')}",
+            f"    x-axis {_label(param)} [{', '.join(_label(str(k)) for k in keys)}]",
+            f"    y-axis {_label(metric)} {lo:.6g} --> {hi:.6g}",
+            f"    bar [{', '.join(f'{best[k]:.6g}' for k in keys)}]",
+            "```",
+        ]
+    )
+
+
+def json_key(value: Any) -> Any:
+    """A hashable stand-in for a parameter value (lists and mappings by their JSON text)."""
+    if isinstance(value, (dict, list)):
+        import json
+
+        return json.dumps(value, sort_keys=True)
+    return value

@@ -27,10 +27,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gate": ("lepton_ci.commands.gate", "gate_cmd", "Check the candidate's metrics against rules and a baseline."),
     "tag": ("lepton_ci.commands.tag", "tag_cmd", "Register the gated model as a new immutable version."),
     "registry": ("lepton_ci.commands.registry", "registry_group", "Inspect and move versions and aliases."),
+    "build": ("lepton_ci.commands.build", "build_cmd", "Build and push the serving image of a blessed version."),
     "deploy": ("lepton_ci.commands.deploy", "deploy_group", "Deploy a blessed version; status, stop, rollback."),
     "report": ("lepton_ci.commands.report", "report_cmd", "Render the markdown report for the pull request."),
     "config": ("lepton_ci.commands.config", "config_group", "Validate lepton.yml or print its JSON Schema."),
     "keys": ("lepton_ci.commands.keys", "keys_group", "Generate and inspect the signing key pair."),
+    "sweep": ("lepton_ci.commands.sweep", "sweep_group", "Grid search as a CI matrix: plan jobs, collect the best."),
+    "doctor": ("lepton_ci.commands.doctor", "doctor_cmd", "Check a runner: GPUs, CUDA, Docker, disk and memory."),
 }
 
 

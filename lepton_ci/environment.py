@@ -45,6 +45,15 @@ def package_versions() -> dict[str, str]:
 
 
 def gpus() -> list[dict[str, Any]]:
+    """GPUs with driver and CUDA versions: NVML (nvidia-ml-py) when installed, else nvidia-smi; empty when
+    there is no NVIDIA driver."""
+    from lepton_ci.gpu import nvml_gpus
+
+    found = nvml_gpus()
+    return found if found is not None else smi_gpus()
+
+
+def smi_gpus() -> list[dict[str, Any]]:
     """GPUs as nvidia-smi reports them; empty when there is no NVIDIA driver."""
     smi = shutil.which("nvidia-smi")
     if not smi:

@@ -1,4 +1,4 @@
-"""The records steps hand to each other: RunRecord, GateRecord, ModelVersion, Deployment.
+"""The records steps hand to each other: RunRecord, GateRecord, ModelVersion, Deployment, ImageRecord.
 
 Records are the only interface between steps (DESIGN.md). Each carries `kind` and `schema_version`;
 fields this version does not know are kept in `extra` and written back unchanged, so an older
@@ -30,6 +30,7 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "int": (int,),
     "float": (int, float),
+    "bool": (bool,),
 }
 
 
@@ -421,6 +422,8 @@ class Deployment(Record):
     image: str = ""
     state: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    # The SLO watch (deploy.slo): source, bounds, every sample, passed, reason; None when none ran.
+    slo: dict[str, Any] | None = None
 
     SCHEMA_VERSION: ClassVar[int] = 2
 
@@ -441,6 +444,32 @@ class Deployment(Record):
     def process(self) -> dict[str, Any]:
         """The local target's state (pid, port, log); other targets keep theirs in `state` too."""
         return self.state
+
+
+@dataclass
+class ImageRecord(Record):
+    """`.lepton/image.json`, written by `build`: the serving image made for one model version, pinned by digest
+    (`image` is REPOSITORY@sha256:...), how it was made (`mode` "full" or "model-only", on which `base`), and
+    the bytes it took (`size_bytes` of all its layers, `pushed_bytes` actually sent to the registry)."""
+
+    KIND: ClassVar[str] = "image"
+
+    image: str = ""
+    digest: str = ""
+    tags: list[str] = field(default_factory=list)
+    mode: str = "full"
+    base: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    lepton_ci: str = ""
+    created: str = ""
+    size_bytes: int = 0
+    pushed_bytes: int = 0
+    pushed: bool = False
+
+
+def image_record_path(root: Path) -> Path:
+    """Where `build` leaves the image it made, for deploy and report in the same workspace."""
+    return root / ".lepton" / "image.json"
 
 
 def tagged_version_path(root: Path) -> Path:

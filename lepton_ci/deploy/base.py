@@ -63,6 +63,7 @@ TARGETS: dict[str, str] = {
     "local": "lepton_ci.deploy.local:LocalTarget",
     "kubernetes": "lepton_ci.deploy.kubernetes:KubernetesTarget",
     "lepton": "lepton_ci.deploy.lepton:LeptonTarget",
+    "docker": "lepton_ci.deploy.docker:DockerTarget",
 }
 
 

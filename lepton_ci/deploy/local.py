@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from lepton_ci import v2client
+from lepton_ci.deploy import slo
 from lepton_ci.deploy.base import COPY_PREFIX, DeployFailed, DeploySpec
+from lepton_ci.errors import UserError
 from lepton_ci.records import Deployment
 from lepton_ci.secrets import scrubbed_environ
 from lepton_ci.timeutil import utcnow
@@ -55,6 +57,7 @@ SERVER_FLAGS = {
 }
 SERVER_SWITCHES = {"--batching", "--no-batching", "--access-log"}
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # deploy.server.device -> --device
 
 
 def server_args(settings: dict[str, Any]) -> list[str]:
@@ -67,6 +70,8 @@ def server_args(settings: dict[str, Any]) -> list[str]:
         args.append("--batching" if settings["batching"] else "--no-batching")
     if settings.get("access_log"):
         args.append("--access-log")
+    if settings.get("device"):
+        args += ["--device", str(settings["device"])]
     return args
 
 
@@ -119,11 +124,11 @@ def is_server_command(cmd: Any) -> TypeGuard[list[str]]:
     ):
         return False
     rest = cmd[20:]
-    valued = set(SERVER_FLAGS.values())
+    patterns = {flag: _NUMBER for flag in SERVER_FLAGS.values()} | {"--device": _DEVICE}
     while rest:
         if rest[0] in SERVER_SWITCHES:
             rest = rest[1:]
-        elif rest[0] in valued and len(rest) > 1 and _NUMBER.fullmatch(rest[1]):
+        elif len(rest) > 1 and rest[0] in patterns and patterns[rest[0]].fullmatch(rest[1]):
             rest = rest[2:]
         else:
             return False
@@ -245,19 +250,7 @@ class LocalTarget:
     def _stop_process(self, proc: dict[str, Any]) -> None:
         if not process_alive(proc) or not _is_our_server(proc["pid"]):
             return
-        pid = proc["pid"]
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and process_alive(proc):
-            _reap(pid)
-            time.sleep(0.05)
-        if process_alive(proc):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            _reap(pid)
+        stop_process_group(proc)
 
     def _try_start(self, spec: DeploySpec, port: int) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
         proc, info = self._launch(spec, port)
@@ -275,6 +268,13 @@ class LocalTarget:
 
     def deploy(self, spec: DeploySpec, current: Deployment | None) -> Deployment:
         port = int(spec.options.get("port", 0))
+        guard = slo.settings(spec.options)
+        use_router = guard is not None or spec.options.get("router_port") is not None
+        if use_router and port != 0:
+            raise UserError(
+                "deploy.port must be 0 with deploy.slo or deploy.router_port: the old server keeps running "
+                "beside the new one, and the router's port (deploy.router_port) is the stable endpoint"
+            )
         running = current if current and current.status == "healthy" and process_alive(current.state) else None
         fixed_port_clash = running is not None and port != 0 and running.state.get("port") == port
         if fixed_port_clash and running is not None:
@@ -307,11 +307,65 @@ class LocalTarget:
             elif running is not None:
                 message += f"; v{running.version} keeps serving at {running.endpoint}"
             raise DeployFailed(message, record)
+        if use_router:
+            self._rollout(spec, record, running, guard)
         if running is not None and not fixed_port_clash:
             self._stop_process(running.state)
         if running is not None:
             remove_model_copy(running.state)
         return record
+
+    def _rollout(
+        self, spec: DeploySpec, record: Deployment, running: Deployment | None, guard: slo.Settings | None
+    ) -> None:
+        """Move the router to the new server; with deploy.slo, first as the canary in front of the old one
+        (whose answers replace the canary's errors) for the watch, and back to the old one on a breach."""
+        from lepton_ci.deploy import local_router
+
+        info = record.state
+        new_addr = f"{info['host']}:{info['port']}"
+        old_addr = f"{running.state['host']}:{running.state['port']}" if running is not None else None
+        recorded = (running.state.get("router") if running is not None else None) or None
+        try:
+            router = local_router.ensure(
+                spec.state_dir,
+                str(spec.options.get("host", "127.0.0.1")),
+                int(spec.options.get("router_port") or 0),
+                recorded,
+            )
+        except BaseException:
+            self._stop_process(info)
+            remove_model_copy(info)
+            raise
+        info["router"] = router
+        info["server_endpoint"] = record.endpoint
+        record.endpoint = f"http://{router['host']}:{router['port']}"
+        if guard is None:
+            local_router.route(router, new_addr)
+            local_router.publish_targets(spec.state_dir, [new_addr])
+            return
+        source = slo.source_for(guard, f"{info['server_endpoint']}/metrics", spec.version.name, spec.version.version)
+        local_router.publish_targets(spec.state_dir, [a for a in (old_addr, new_addr) if a])
+        baseline = slo.read_baseline(source)
+        local_router.route(router, old_addr or new_addr, canary=new_addr if old_addr else None)
+        record.slo = slo.watch(guard, source, baseline=baseline)
+        if record.slo["passed"]:
+            local_router.route(router, new_addr)
+            local_router.publish_targets(spec.state_dir, [new_addr])
+            return
+        if old_addr is not None:
+            local_router.route(router, old_addr)
+            local_router.publish_targets(spec.state_dir, [old_addr])
+        self._stop_process(info)
+        remove_model_copy(info)
+        record.status = "failed"
+        message = (
+            f"deploy of {spec.version.name} v{spec.version.version} rolled back: the SLO watch saw "
+            f"{record.slo['reason']}"
+        )
+        if running is not None:
+            message += f"; v{running.version} keeps serving at {record.endpoint}"
+        raise DeployFailed(message, record)
 
     def _restart(self, old: Deployment) -> bool:
         """Start the previous server again with its own arguments, only if they are the model server's:
@@ -334,6 +388,16 @@ class LocalTarget:
                 {"check": "process", "passed": False, "detail": f"process {deployment.state.get('pid')} is not running"}
             ]
             return deployment
+        router = deployment.state.get("router")
+        if router:
+            from lepton_ci.deploy import local_router
+
+            if not local_router.is_router(router):
+                deployment.status = "down"
+                deployment.health = [
+                    {"check": "router", "passed": False, "detail": f"router {router.get('pid')} is not running"}
+                ]
+                return deployment
         base = deployment.endpoint
         deployment.health = [
             v2client.check("live", "GET", f"{base}/v2/health/live"),
@@ -346,10 +410,32 @@ class LocalTarget:
 
     def stop(self, deployment: Deployment) -> Deployment:
         self._stop_process(deployment.state)
+        if deployment.state.get("router"):
+            from lepton_ci.deploy import local_router
+
+            local_router.stop(deployment.state["router"])
         remove_model_copy(deployment.state)
         deployment.status = "stopped"
         deployment.health = []
         return deployment
+
+
+def stop_process_group(proc: dict[str, Any]) -> None:
+    """SIGTERM to a process group we started (the server drains), SIGKILL after STOP_GRACE_S. The caller
+    has checked that the recorded pid is still the process it started."""
+    pid = proc["pid"]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and process_alive(proc):
+        _reap(pid)
+        time.sleep(0.05)
+    if process_alive(proc):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
 
 
 def _spawn(cmd: list[str], log: Path, mode: int) -> subprocess.Popen[bytes]:

@@ -7,7 +7,11 @@ Loader contract on trust: a loader is only ever handed files that `deploy` has j
 blessing (every file's sha256 against the signed manifest, nothing extra, no symbolic links). A loader must
 load only the path it is given and files beside it in the same verified directory, never fetch or follow
 anything else, and must not be called by code that has not verified the bytes first. Formats that run code
-on load (pickle, joblib) are safe only under this rule.
+on load (pickle, joblib) are safe only under this rule; the torch, keras and skops formats run no code on
+load, and each loader refuses a pickle offered where its safe format is expected.
+
+Device: `load(path, device=None)` may take a device ("auto", "cpu", "cuda", "cuda:N"); None reads
+$LEPTON_CI_DEVICE, then "auto" (CUDA when present). The server calls `load(path)`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from typing import Any, Protocol, runtime_checkable
 from lepton_ci import plugins
 
 # name -> "module:attr" of a loader class, imported lazily so an unused framework costs nothing.
-LOADERS: dict[str, str] = {"sklearn": "lepton_ci.frameworks.sklearn:SklearnLoader"}
+LOADERS: dict[str, str] = {
+    "sklearn": "lepton_ci.frameworks.sklearn:SklearnLoader",
+    "torch": "lepton_ci.frameworks.torch:TorchLoader",
+    "keras": "lepton_ci.frameworks.keras:KerasLoader",
+}
 
 
 @runtime_checkable

@@ -1,4 +1,9 @@
-"""scikit-learn models saved with joblib: save, load, describe for V2, predict.
+"""scikit-learn models saved with skops (safe) or joblib: save, load, describe for V2, predict, score.
+
+skops (`.skops`) stores the estimator as a schema of known types: loading it builds only types the
+trusted-types policy below allows (scikit-learn, numpy and scipy classes and a few builtins), so a
+file that names anything else is refused instead of run. joblib stays supported for existing
+projects: it is a pickle, safe only because deploy verifies the bytes against the blessing first.
 
 Input width comes from `n_features_in_`, which every fitted estimator and pipeline on numeric data
 sets; classifiers with `predict_proba` expose it as a second output. joblib, numpy and sklearn are
@@ -19,14 +24,64 @@ from lepton_ci.serve.v2 import NUMPY_TO_V2
 INPUT_NAME = "input-0"
 
 
-def save(model: Any, path: str | Path) -> Path:
-    """Save a fitted estimator the way the loader reads it (joblib; use a .joblib or .pkl name)."""
-    import joblib
+# The skops trusted-types policy: a type may be built on load only if its module is one of these (or
+# under one of them). Explicit so a reviewer sees what a .skops file can instantiate.
+TRUSTED_MODULES = ("sklearn", "numpy", "scipy", "builtins", "collections", "joblib.numpy_pickle_utils")
 
+
+def save(model: Any, path: str | Path) -> Path:
+    """Save a fitted estimator the way the loader reads it: skops for a .skops name, else joblib
+    (a .joblib or .pkl name)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, target)
+    if target.suffix == ".skops":
+        import skops.io
+
+        skops.io.dump(model, target)
+    else:
+        import joblib
+
+        joblib.dump(model, target)
     return target
+
+
+def trusted(type_name: str) -> bool:
+    """True when `type_name` ("module.Class") falls under TRUSTED_MODULES."""
+    return any(type_name == m or type_name.startswith(m + ".") for m in TRUSTED_MODULES)
+
+
+def log_scores(
+    model: Any, X: Any, y: Any, scoring: list[str] | tuple[str, ...] = ("accuracy",), prefix: str = "eval"
+) -> dict[str, float]:
+    """Score a fitted estimator with scikit-learn's named scorers and log each as `<prefix>.<name>` into the
+    run record (a `neg_*` scorer is logged without the prefix and sign: neg_log_loss -> log_loss)."""
+    from sklearn.metrics import get_scorer
+
+    from lepton_ci.tracking import log_metrics
+
+    scores: dict[str, float] = {}
+    for name in scoring:
+        value = float(get_scorer(name)(model, X, y))
+        key = name.removeprefix("neg_") if name.startswith("neg_") else name
+        scores[f"{prefix}.{key}" if prefix else key] = -value if name.startswith("neg_") else value
+    log_metrics(scores)
+    return scores
+
+
+def log_estimator_params(model: Any) -> dict[str, Any]:
+    """Log the estimator's own `get_params()` (JSON values only; nested estimators by class name)."""
+    from lepton_ci.tracking import log_params
+
+    params: dict[str, Any] = {}
+    for key, value in model.get_params(deep=True).items():
+        if value is None or isinstance(value, (str, int, float, bool)):
+            if not (isinstance(value, float) and value != value):
+                params[key] = value
+        elif hasattr(value, "get_params"):
+            params[key] = type(value).__name__
+    if params:
+        log_params({"estimator": params})
+    return params
 
 
 class SklearnModel:
@@ -125,23 +180,62 @@ def _has_method(model: Any, name: str) -> bool:
         return False
 
 
-class SklearnLoader:
-    """Loads a `joblib.dump`-ed estimator (any extension; .joblib and .pkl are the usual ones)."""
+def _load_skops(path: Path) -> Any:
+    """A .skops file under the trusted-types policy: any type outside it is refused before loading."""
+    try:
+        import skops.io
+    except ImportError:
+        raise UserError(
+            f"{path} is a skops file and skops is not installed: pip install 'lepton-ci[sklearn]'"
+        ) from None
+    try:
+        types = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
+        raise UserError(f"cannot read the skops file {path}: {type(exc).__name__}: {exc}") from None
+    refused = [t for t in types if not trusted(t)]
+    if refused:
+        raise UserError(
+            f"{path} asks to build {refused[0]}, which is outside the trusted-types policy "
+            f"({', '.join(TRUSTED_MODULES)}); refusing to load it"
+        )
+    try:
+        return skops.io.load(path, trusted=list(types))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load the skops file {path}: {type(exc).__name__}: {exc}") from None
 
-    def load(self, path: Path) -> SklearnModel:
-        try:
-            import joblib
-        except ImportError:
-            raise UserError(
-                "serving a scikit-learn model needs joblib and scikit-learn (pip install scikit-learn joblib)"
-            ) from None
+
+class SklearnLoader:
+    """Loads a .skops file (safe) or a `joblib.dump`-ed estimator (any extension; .joblib and .pkl are
+    the usual ones). A file whose name ends in .skops must be a skops file: a pickle there is refused."""
+
+    def load(self, path: Path, device: str | None = None) -> SklearnModel:
+        from lepton_ci.frameworks import _formats
+
         path = Path(path)
         if not path.is_file():
             raise UserError(f"model file not found: {path}")
-        try:
-            model = joblib.load(path)
-        except Exception as exc:  # noqa: BLE001 - joblib/pickle raise many types for a file that is not a model
-            raise UserError(f"cannot load a scikit-learn model from {path}: {type(exc).__name__}: {exc}") from None
+        found = _formats.sniff(path)
+        if found == "skops":
+            model = _load_skops(path)
+        elif path.suffix == ".skops":
+            raise _formats.refuse(path, found, "sklearn", "a skops file")
+        elif found not in ("pickle", "unknown"):  # "unknown": joblib has compressors sniff does not name
+            raise _formats.refuse(path, found, "sklearn", "a skops or joblib file")
+        else:
+            model = _load_joblib(path)
         if not _has_method(model, "predict"):
             raise UserError(f"{path} holds a {type(model).__name__}, which has no predict()")
         return SklearnModel(model)
+
+
+def _load_joblib(path: Path) -> Any:
+    try:
+        import joblib
+    except ImportError:
+        raise UserError(
+            "serving a scikit-learn model needs joblib and scikit-learn: pip install 'lepton-ci[sklearn]'"
+        ) from None
+    try:
+        return joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - joblib/pickle raise many types for a file that is not a model
+        raise UserError(f"cannot load a scikit-learn model from {path}: {type(exc).__name__}: {exc}") from None

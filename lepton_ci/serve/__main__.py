@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, type=Path, help="directory holding the model files")
     p.add_argument("--model-file", required=True, help="model file, relative to --model-dir")
     p.add_argument("--framework", default="sklearn", help="model framework (default: sklearn)")
+    p.add_argument(
+        "--device", help="torch and keras models: auto, cpu, cuda or cuda:N (default: $LEPTON_CI_DEVICE, else auto)"
+    )
     p.add_argument("--name", required=True, help="model name in /v2/models/NAME")
     p.add_argument("--version", default="1", help="model version reported and accepted in URLs (default: 1)")
     p.add_argument("--host", default=d.host, help="address to bind, and only this one (default: 127.0.0.1)")
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model_path = args.model_dir / args.model_file
     workers = options.worker_count()
+    if args.device:  # the loaders read it (lepton_ci/frameworks/_formats.py), in every worker after the fork
+        os.environ["LEPTON_CI_DEVICE"] = args.device
 
     def load() -> Loaded:
         from lepton_ci.frameworks import get_loader

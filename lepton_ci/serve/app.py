@@ -8,6 +8,7 @@ decompressed size and every tensor's declared element count.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hmac
 import re
 import sys
@@ -35,6 +36,7 @@ EXTENSIONS = ["binary_tensor_data"]
 MODEL_ROUTE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?/?$")
 HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
 OFFLOAD_BYTES = 256 * 1024  # bodies this large are decoded in a thread, so the loop keeps serving others
+DECODE_THREADS = 2
 JSON = b"application/json"
 DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -71,6 +73,9 @@ class V2App:
         self.metrics = ServerMetrics(name, self.version, framework)
         self.runner: ModelRunner | None = None
         self._body_bytes = 0  # reserved by requests being read or decoded (see _infer)
+        # Large and compressed bodies are decoded here, off the loop. Two threads bound the memory a
+        # decompression or a large JSON parse can take at once to twice max_body_bytes (plus its objects).
+        self._decoders = concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="lepton-decode")
         meta = model.metadata()
         self._metadata = orjson.dumps(
             {
@@ -104,6 +109,7 @@ class V2App:
             elif message["type"] == "lifespan.shutdown":
                 if self.runner is not None:
                     await self.runner.stop()
+                self._decoders.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -190,9 +196,8 @@ class V2App:
         """Reserve the body's bytes from the worker's budget first: without it, every open connection
         could be uploading a body of the maximum size at once, and memory would have no bound."""
         declared = _headers(scope).get(b"content-length")
-        identity = not any(key == b"content-encoding" for key, _ in scope["headers"])
-        reserve = self.options.max_body_bytes
-        if declared is not None and declared.isdigit() and len(declared) <= 19 and identity:
+        reserve = self.options.max_body_bytes  # chunked: the most it may grow to
+        if declared is not None and declared.isdigit() and len(declared) <= 19:
             reserve = min(int(declared), reserve)
         if self._body_bytes and self._body_bytes + reserve > self.options.max_inflight_bytes:
             return _error(
@@ -235,7 +240,7 @@ class V2App:
                 import asyncio
 
                 request, inputs = await asyncio.get_running_loop().run_in_executor(
-                    None, self._decode, body, encoding, header_length
+                    self._decoders, self._decode, body, encoding, header_length
                 )
             else:
                 request, inputs = self._decode(body, encoding, header_length)

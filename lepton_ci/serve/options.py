@@ -39,7 +39,8 @@ class ServeOptions:
     max_body_bytes: int = 32 * 1024 * 1024  # also the bound on a decompressed body
     max_tensor_elements: int = 16 * 1024 * 1024  # per input tensor, from its declared shape
     # Bytes of request bodies one worker reads or decodes at a time (a request's Content-Length, or
-    # max_body_bytes when it is unknown or compressed); past it, 503. Bounds memory under any load.
+    # max_body_bytes when it is unknown); past it, 503. With two decode threads (app.py), this bounds
+    # memory under any load.
     max_inflight_bytes: int = 128 * 1024 * 1024
     max_header_bytes: int = 64 * 1024  # request line plus headers
     # Connections one worker holds open; beyond it, requests are answered 503.

@@ -210,8 +210,8 @@ def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT
             raise BadRequest(f"inputs[{i}] needs a 'name'")
         if name in out:
             raise BadRequest(f"input {name!r} is given twice")
-        if not isinstance(dtype, str) or dtype not in V2_TO_NUMPY:
-            raise BadRequest(f"input {name!r}: datatype {dtype!r} is not one of {', '.join(V2_TO_NUMPY)}")
+        if not isinstance(dtype, str) or (dtype not in V2_TO_NUMPY and dtype != "BF16"):
+            raise BadRequest(f"input {name!r}: datatype {dtype!r} is not one of {', '.join(V2_TO_NUMPY)}, BF16")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
@@ -241,6 +241,11 @@ def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT
             if dtype == "BYTES":
                 out[name] = np.array(decode_bytes_tensor(chunk, count, name) or [], dtype=object).reshape(shape)
                 continue
+            if dtype == "BF16":  # numpy has no bfloat16: widen the 2-byte values to float32, which is exact
+                if size != count * 2:
+                    raise BadRequest(f"input {name!r}: shape {shape} needs {count * 2} bytes of BF16, got {size} bytes")
+                out[name] = (np.frombuffer(chunk, "<u2").astype("<u4") << 16).view("<f4").reshape(shape)
+                continue
             itemsize = np.dtype(V2_TO_NUMPY[dtype]).itemsize
             if size != count * itemsize:
                 raise BadRequest(
@@ -254,7 +259,7 @@ def decode_inputs(request: Any, binary: bytes = b"", max_elements: int = DEFAULT
             flat = _flatten(tensor["data"], shape, name)
             if len(flat) != count:
                 raise BadRequest(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
-            arr = _json_tensor(flat, dtype, name)
+            arr = _json_tensor(flat, "FP32" if dtype == "BF16" else dtype, name)
         out[name] = arr.reshape(shape)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")

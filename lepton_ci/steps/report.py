@@ -219,5 +219,49 @@ def report(
     precision = int(config.section("report").get("precision", 4))
     context = build_context(run, gate, version, deployment, config.model_name, precision, aliases)
     context["charts"] = charts
+    from lepton_ci.steps.sweep import report_section
+
+    context["sweep"] = report_section(run, precision)
     context["notes"] = notes + context["notes"]
+    failed = _read_optional(Deployment, (deployment_path or config.deployment_path).with_name("deployment.failed.json"))
+    context["slo"] = slo_context(deployment, failed)
     return render(context)
+
+
+def slo_context(deployment: Deployment | None, failed: Deployment | None) -> dict[str, Any] | None:
+    """The SLO watch to show: of the last rollout, which is the failed one when it is newer than the
+    deployment that serves (a rollback leaves deployment.json naming the version that kept serving)."""
+    latest = deployment
+    if failed is not None and (deployment is None or failed.created > deployment.created):
+        latest = failed
+    watch = latest.slo if latest is not None else None
+    if not isinstance(watch, dict) or latest is None:
+        return None
+    bounds = _mapping(watch.get("bounds"))
+    shown = []
+    if bounds.get("max_error_rate") is not None:
+        shown.append(f"error rate ≤ {float(bounds['max_error_rate']):.2%}")
+    if bounds.get("max_p95_ms") is not None:
+        shown.append(f"p95 ≤ {bounds['max_p95_ms']} ms")
+    samples = [x for x in watch.get("samples") or [] if isinstance(x, dict)]
+    return {
+        "version": latest.version,
+        "passed": bool(watch.get("passed")),
+        "rolled_back": latest is failed,
+        "reason": _text(watch.get("reason")),
+        "source": _text(watch.get("source")),
+        "window": watch.get("window"),
+        "bounds": ", ".join(shown),
+        "min_requests": bounds.get("min_requests"),
+        "samples": [
+            {
+                "t": x.get("t"),
+                "requests": x.get("requests", "–"),
+                "errors": x.get("errors", "–"),
+                "error_rate": "–" if x.get("error_rate") is None else f"{float(x['error_rate']):.2%}",
+                "p95_ms": "–" if x.get("p95_ms") is None else x.get("p95_ms"),
+                "verdict": x.get("verdict"),
+            }
+            for x in samples[-12:]
+        ],
+    }

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lepton_ci.environment import capture as capture_environment
 from lepton_ci.errors import StepFailed, UserError
 from lepton_ci.fsutil import sha256_file
 from lepton_ci.gitio import git_info
+from lepton_ci.gpu import GpuSampler, require_gpus
 from lepton_ci.metrics import ParsedMetrics, load_metrics_file
 from lepton_ci.records import RunRecord, artifacts_digest
 from lepton_ci.secrets import scrubbed_environ
@@ -126,7 +128,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_command(
-    command: str,
+    command: str | list[str],
     cwd: Path,
     env: dict[str, str],
     log_path: Path,
@@ -134,11 +136,11 @@ def run_command(
     quiet: bool = False,
     to_stderr: bool = False,
 ) -> tuple[int, bool, float]:
-    """Run a shell command in its own process group; returns (exit code, timed out, seconds)."""
+    """Run a shell command (or an argv) in its own process group; returns (exit code, timed out, seconds)."""
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            ["/bin/sh", "-c", command] if isinstance(command, str) else command,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -212,6 +214,73 @@ def collect_metrics(config: Config, run_dir: Path, start_ns: int) -> tuple[dict[
     return merged, notes
 
 
+def _launcher(
+    config: Config,
+    section: dict[str, Any],
+    env: dict[str, str],
+    run_dir: Path,
+    run_id: str,
+    workdir: Path,
+    timeout: float | None,
+    quiet: bool,
+    to_stderr: bool,
+) -> Callable[[], tuple[int, bool, float]]:
+    """How the command runs: on this machine, under torchrun (train.distributed) or in a container (train.image).
+    Everything a launch needs is checked here, before the clock starts."""
+    log = run_dir / "train.log"
+    command = section["command"]
+    if "distributed" in section and "image" in section:
+        raise UserError(
+            "train.distributed and train.image cannot be combined: run torchrun inside the image's command instead",
+            where=config.where("train", "distributed"),
+        )
+    if "image" in section:
+        from lepton_ci.train_container import container_env, run_in_container
+
+        inner = container_env(env, section)
+        return lambda: run_in_container(
+            section["image"],
+            command,
+            root=config.root,
+            workdir=workdir,
+            env=inner,
+            log_path=log,
+            timeout=timeout,
+            gpus=section.get("gpus", 0),
+            quiet=quiet,
+            to_stderr=to_stderr,
+        )
+    if "distributed" in section:
+        from lepton_ci.distributed import RANKS_DIR, torchrun_argv
+
+        argv = torchrun_argv(
+            section["distributed"] or {},
+            command,
+            run_dir / RANKS_DIR,
+            run_id,
+            config.where("train", "distributed"),
+            env,
+        )
+        return lambda: run_command(argv, workdir, env, log, timeout, quiet, to_stderr)
+    return lambda: run_command(command, workdir, env, log, timeout, quiet, to_stderr)
+
+
+def _ranks(config: Config, record: RunRecord, run_dir: Path) -> Any:
+    """Every rank's log and exit code into the record; the rank that failed first, if one did."""
+    from lepton_ci.distributed import RANKS_DIR, first_failure, kill_leftovers, rank_logs
+
+    ranks_dir = run_dir / RANKS_DIR
+    kill_leftovers(ranks_dir)
+    record.extra["ranks"] = [
+        {"rank": int(p.stem.split("-")[1]), "log": str(p.relative_to(config.root))} for p in rank_logs(ranks_dir)
+    ]
+    failure = first_failure(ranks_dir)
+    if failure is not None and record.exit["status"] == "failed":
+        record.exit["code"] = failure.code
+        record.exit["rank"] = failure.rank
+    return failure
+
+
 def train(
     config: Config,
     *,
@@ -245,18 +314,21 @@ def train(
         env["LEPTON_PARAM_" + "".join(c if c.isalnum() else "_" for c in str(key)).upper()] = _env_value(value)
 
     git = git_info(config.root)
+    environment = capture_environment()
+    require_gpus(section.get("gpus", 0), config.where("train", "gpus"), environment["gpus"])
+    launch = _launcher(config, section, env, run_dir, run_id, workdir, timeout, quiet, to_stderr)
     started = utcnow()
     start_ns = time.time_ns()
-    code, timed_out, seconds = run_command(
-        section["command"], workdir, env, run_dir / "train.log", timeout, quiet, to_stderr
-    )
+    with GpuSampler(interval=float(section.get("gpu_sample_interval", 1))) as sampler:
+        code, timed_out, seconds = launch()
+    environment["gpu_usage"] = sampler.usage()
     record = RunRecord(
         run_id=run_id,
         model=config.model_name,
         git=git,
         command=section["command"],
         params=params,
-        environment=capture_environment(),
+        environment=environment,
         timing={"started": started, "finished": utcnow(), "duration_s": round(seconds, 3)},
         exit={
             "code": code,
@@ -264,6 +336,7 @@ def train(
             "log": str((run_dir / "train.log").relative_to(config.root)),
         },
     )
+    failure = _ranks(config, record, run_dir) if "distributed" in section else None
     out_path = output or config.run_path
     if record.exit["status"] != "succeeded":
         record.write(out_path)
@@ -271,6 +344,12 @@ def train(
         if timed_out:
             raise StepFailed(
                 f"training command timed out after {timeout:g}s and was stopped (log: {record.exit['log']})"
+            )
+        if failure is not None:
+            tail = " | ".join(failure.tail) or "no output"
+            raise StepFailed(
+                f"rank {failure.rank} exited with code {failure.code}: {tail} "
+                f"(log: {failure.log.relative_to(config.root)})"
             )
         raise StepFailed(f"training command exited with code {code} (log: {record.exit['log']})")
 

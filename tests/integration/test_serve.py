@@ -315,7 +315,7 @@ def test_sigterm_exits_0_with_an_open_keep_alive_connection(digits_model, tmp_pa
 
 
 def test_start_failures_exit_2_with_one_line(digits_model, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="unknown model framework 'caffe' \\(expected one of: sklearn\\)"):
+    with pytest.raises(UserError, match="unknown model framework 'caffe' \\(expected one of: sklearn, torch, keras\\)"):
         get_loader("caffe")
     (tmp_path / "m.joblib").write_bytes(b"junk")
     with pytest.raises(UserError, match="cannot load a scikit-learn model"):

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.e2e.helpers import require
+from tests.support.shared_schemas import shared_schema
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +38,10 @@ SPEC_NAME = Path("shared", "schemas", "open-inference-rest.yaml")
 
 # -- the spec --------------------------------------------------------------------------------------
 def find_spec() -> Path | None:
-    """LEPTON_V2_SPEC, else `shared/schemas/...` next to the repository or above it (the checkout's
-    sibling `../shared`, or a `shared/` copied into the tree)."""
+    """LEPTON_V2_SPEC, else the team's shared schemas (tests/support/shared_schemas.py says where)."""
     if os.environ.get("LEPTON_V2_SPEC"):
         return Path(os.environ["LEPTON_V2_SPEC"])
-    for base in (ROOT.parent, ROOT, *ROOT.parents[1:]):
-        if (base / SPEC_NAME).is_file():
-            return base / SPEC_NAME
-    return None
+    return shared_schema(SPEC_NAME.name)
 
 
 SPEC_FILE = find_spec()
@@ -828,20 +825,24 @@ def test_model_names_in_paths_are_percent_decoded_once(echo: str) -> None:
     assert request(echo, "GET", "/v2/models/ech%6F/ready")[0] == 200  # one escape, decoded once: `echo`
 
 
-def test_tritonclient_bf16_is_a_clear_400(echo: str) -> None:
-    """tritonclient also sends BF16 (binary only), which the protocol's datatype table does not list and
-    the decoder does not accept: the client gets the server's message, not a 5xx or a dropped connection."""
+def test_tritonclient_bf16_arrives_as_exact_fp32(echo: str) -> None:
+    """tritonclient also sends BF16 (binary), which numpy has no dtype for: the server widens each value to
+    float32 (exact: BF16 is float32's top half) and the model sees FP32."""
     httpclient = require("tritonclient.http")
     ml_dtypes = require("ml_dtypes")  # how tritonclient takes BF16 arrays (one of its dependencies)
     import numpy as np
-    from tritonclient.utils import InferenceServerException
 
     client = httpclient.InferenceServerClient(url=echo.removeprefix("http://"))
     try:
-        inp = httpclient.InferInput("in_fp32", [2], "BF16")
-        inp.set_data_from_numpy(np.array([1.0, -2.5], dtype=ml_dtypes.bfloat16), binary_data=True)
-        with pytest.raises(InferenceServerException, match="BF16") as caught:
-            client.infer("echo", [inp])
-        assert caught.value.status() == "400", caught.value
+        inp = httpclient.InferInput("in_fp32", [3], "BF16")
+        inp.set_data_from_numpy(np.array([1.0, -2.5, 3.140625], dtype=ml_dtypes.bfloat16), binary_data=True)
+        result = client.infer("echo", [inp])
+        out = result.as_numpy("in_fp32")
+        assert out.dtype == np.float32 and out.tolist() == [1.0, -2.5, 3.140625]
     finally:
         client.close()
+    header = json.dumps({"inputs": [{"name": "in_fp32", "shape": [3], "datatype": "BF16",
+                                     "parameters": {"binary_data_size": 4}}]}).encode()
+    status, _, payload = request(echo, "POST", "/v2/models/echo/infer", header + b"\0" * 4,
+                                 {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400 and b"needs 6 bytes of BF16, got 4" in payload, payload

@@ -18,8 +18,10 @@ from tests.e2e.helpers import require
 
 def test_importing_the_seam_and_server_pulls_in_no_framework() -> None:
     """`lepton-ci --help` and the deploy step import these; numpy/sklearn must wait until a model loads."""
-    code = ("import sys, lepton_ci.frameworks, lepton_ci.frameworks.sklearn, lepton_ci.serve.__main__, lepton_ci.serve.options;"
-            "print(sorted(m for m in ('numpy', 'sklearn', 'joblib', 'prometheus_client') if m in sys.modules))")
+    code = ("import sys, lepton_ci.frameworks, lepton_ci.frameworks.sklearn, lepton_ci.serve.__main__, lepton_ci.serve.options,"
+            " lepton_ci.frameworks.torch, lepton_ci.frameworks.keras, lepton_ci.frameworks.tracker;"
+            "print(sorted(m for m in ('numpy', 'sklearn', 'joblib', 'prometheus_client', 'torch', 'keras', 'tensorflow',"
+            " 'skops', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 
@@ -27,9 +29,9 @@ def test_importing_the_seam_and_server_pulls_in_no_framework() -> None:
 def test_unknown_framework_is_a_user_error_naming_the_choices() -> None:
     with pytest.raises(UserError) as info:
         get_loader("torchscript")
-    assert str(info.value) == "unknown model framework 'torchscript' (expected one of: sklearn)"
+    assert str(info.value) == "unknown model framework 'torchscript' (expected one of: sklearn, torch, keras)"
     assert info.value.exit_code == 2
-    assert frameworks() == list(LOADERS) == ["sklearn"]
+    assert frameworks() == list(LOADERS) == ["sklearn", "torch", "keras"]
     assert all(":" in target for target in LOADERS.values())
 
 

@@ -1,0 +1,129 @@
+"""The engine-free parts of `lepton-ci build`: the reproducible model layer, image names, the base tag,
+the health check's address, and the config a model-only rebuild writes (the rest is in
+tests/integration/test_build.py, against a real engine and registry)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from lepton_ci.build.append import BaseImage, new_config, parse_image
+from lepton_ci.build.context import ImageInputs, serve_command
+from lepton_ci.build.healthcheck import server_address
+from lepton_ci.build.layer import model_layer
+from lepton_ci.errors import UserError
+from lepton_ci.records import ImageRecord
+
+
+def _files(tmp: Path) -> dict[str, Path]:
+    (tmp / "sub").mkdir()
+    (tmp / "model.joblib").write_bytes(os.urandom(50_000))
+    (tmp / "sub" / "vocab.txt").write_text("a\nb\n")
+    return {"model.joblib": tmp / "model.joblib", "sub/vocab.txt": tmp / "sub" / "vocab.txt"}
+
+
+def test_the_model_layer_is_reproducible_and_owned_by_the_server_user(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    os.utime(files["model.joblib"], (1, 1))
+    one = model_layer(files, tmp_path / "one.tgz", "/opt/lepton/model", 10001)
+    os.utime(files["model.joblib"], (2_000_000_000, 2_000_000_000))
+    two = model_layer(dict(reversed(list(files.items()))), tmp_path / "two.tgz", "/opt/lepton/model", 10001)
+    assert one.digest == two.digest and one.diff_id == two.diff_id and one.size == two.size
+    data = (tmp_path / "one.tgz").read_bytes()
+    assert one.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert one.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest()
+    with tarfile.open(tmp_path / "one.tgz") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == [
+        "opt/lepton/model",
+        "opt/lepton/model/sub",
+        "opt/lepton/model/model.joblib",
+        "opt/lepton/model/sub/vocab.txt",
+    ]
+    assert {(m.uid, m.gid, m.mtime, m.uname) for m in members} == {(10001, 10001, 0, "")}
+    assert [oct(m.mode) for m in members] == ["0o755", "0o755", "0o644", "0o644"]
+    assert one.size < 50_000 * 1.01 + 2048  # tar headers and gzip framing only
+
+
+@pytest.mark.parametrize(
+    ("text", "repository", "reference"),
+    [
+        ("ghcr.io/acme/digits-serve", "acme/digits-serve", ""),
+        ("127.0.0.1:5000/team/x:base-0.1.0-sklearn-0123456789ab", "team/x", "base-0.1.0-sklearn-0123456789ab"),
+        ("localhost/a@sha256:" + "ab" * 32, "a", "sha256:" + "ab" * 32),
+    ],
+)
+def test_image_names(text: str, repository: str, reference: str) -> None:
+    name = parse_image(text, "--on-top-of")
+    assert (name.repository, name.reference) == (repository, reference)
+    assert str(name) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("python:3.11-slim", "registry host named"),
+        ("acme/digits", "registry host named"),
+        ("ghcr.io/Acme/x", "not a valid OCI repository name"),
+        ("ghcr.io/a/x@sha256:12", "sha256:<64 hex>"),
+        ("ghcr.io/a/x:bad tag", "not a valid tag"),
+    ],
+)
+def test_bad_image_names_are_one_line(text: str, problem: str) -> None:
+    with pytest.raises(UserError) as err:
+        parse_image(text, "--on-top-of")
+    assert problem in str(err.value) and "--on-top-of" in str(err.value)
+
+
+def test_the_base_tag_names_what_the_base_is_made_of() -> None:
+    one = ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn"))
+    assert one.base_tag().startswith("base-") and "-sklearn-" in one.base_tag()
+    assert one.base_tag() == ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn")).base_tag()
+    assert one.base_tag() != ImageInputs("python:3.12-slim", "sklearn", ("serve", "sklearn")).base_tag()
+    assert one.base_tag() != ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn", "docker")).base_tag()
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "address"),
+    [
+        (serve_command("m.joblib", "sklearn", "wine", 3), ("127.0.0.1", 8080)),
+        (["python", "-m", "lepton_ci.serve", "--host", "127.0.0.1", "--port", "41234"], ("127.0.0.1", 41234)),
+        (["python", "-m", "lepton_ci.serve", "--host=10.0.0.5", "--port=9000"], ("10.0.0.5", 9000)),
+        ([], ("127.0.0.1", 8080)),
+    ],
+)
+def test_the_health_check_probes_the_port_the_server_was_started_with(cmdline: list[str], address: tuple) -> None:
+    assert server_address(cmdline) == address
+
+
+def test_the_rebuilt_config_appends_the_layer_and_serves_the_new_model(tmp_path: Path) -> None:
+    layer = model_layer(_files(tmp_path), tmp_path / "l.tgz", "/opt/lepton/model", 10001)
+    config = {
+        "config": {"Labels": {"ai.lepton.framework": "sklearn"}, "Cmd": ["python", "-m", "lepton_ci.serve", "--help"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+        "history": [{"created_by": "base"}],
+    }
+    base = BaseImage(parse_image("localhost/a:b", "x"), None, {}, "", "", config)  # type: ignore[arg-type]
+    cmd = serve_command("model.joblib", "sklearn", "wine", 2)
+    out = new_config(base, layer, {"ai.lepton.model.version": "2"}, cmd, "2026-01-01T00:00:00Z")
+    assert out["rootfs"]["diff_ids"] == ["sha256:" + "0" * 64, layer.diff_id]
+    assert out["config"]["Cmd"] == cmd
+    assert out["config"]["Labels"] == {"ai.lepton.framework": "sklearn", "ai.lepton.model.version": "2"}
+    assert [h.get("empty_layer", False) for h in out["history"]] == [False, False, True]
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + "0" * 64]  # the base's config is not changed
+
+
+def test_the_image_record_round_trips(tmp_path: Path) -> None:
+    digest = "sha256:" + "1" * 64
+    rec = ImageRecord(image=f"ghcr.io/a/b@{digest}", digest=digest, tags=["v1"], mode="model-only", pushed=True)
+    rec.extra["future"] = 1
+    again = ImageRecord.read(rec.write(tmp_path / "image.json"))
+    assert again == rec and again.extra == {"future": 1}
+    assert json.loads((tmp_path / "image.json").read_text())["kind"] == "image"
+    with pytest.raises(UserError, match="'pushed' must be"):
+        ImageRecord.from_dict({**rec.to_dict(), "pushed": "yes"})
