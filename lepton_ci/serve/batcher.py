@@ -151,6 +151,7 @@ class ModelRunner:
     async def _call(self, inputs: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
         async with self._slots:
             self.metrics.batch(_rows(inputs))
+            self.metrics.flush()
             loop = asyncio.get_running_loop()
             result: dict[str, Any] = await loop.run_in_executor(self._pool, self.model.predict, inputs, outputs)
             return result
@@ -165,6 +166,7 @@ class ModelRunner:
             await self._gather(loop)
             batch = self._take()
             self.metrics.batch(sum(p.rows for p in batch))
+            self.metrics.flush()
             started = time.perf_counter()
             try:
                 if self._cost is not None and self._cost < INLINE_BELOW_S:
