@@ -48,6 +48,17 @@ def check(name: str, method: str, url: str, body: Any = None, expect: int = 200)
     }
 
 
+def endpoint_health(base: str, model: str) -> tuple[str, list[dict[str, Any]]]:
+    """`deploy status` of a running endpoint: "healthy" or "unhealthy", and the live and model-ready checks."""
+    health = [
+        check("live", "GET", f"{base}/v2/health/live"),
+        check("ready", "GET", f"{base}/v2/models/{model}/ready"),
+    ]
+    for h in health:
+        h.pop("response", None)
+    return ("healthy" if all(h["passed"] for h in health) else "unhealthy"), health
+
+
 def zeros_request(metadata: dict[str, Any]) -> dict[str, Any]:
     """A one-row request of zeros built from model metadata: the default smoke test."""
     inputs = []

@@ -356,14 +356,7 @@ class DockerTarget:
                 {"check": "router", "passed": False, "detail": f"router container {router.get('name')} is not running"}
             ]
             return deployment
-        base = deployment.endpoint
-        deployment.health = [
-            v2client.check("live", "GET", f"{base}/v2/health/live"),
-            v2client.check("ready", "GET", f"{base}/v2/models/{deployment.model}/ready"),
-        ]
-        for h in deployment.health:
-            h.pop("response", None)
-        deployment.status = "healthy" if all(h["passed"] for h in deployment.health) else "unhealthy"
+        deployment.status, deployment.health = v2client.endpoint_health(deployment.endpoint, deployment.model)
         return deployment
 
     def stop(self, deployment: Deployment) -> Deployment:
