@@ -23,6 +23,7 @@ from typing import Any
 from lepton_ci import __version__
 from lepton_ci.errors import TrustError, UserError
 from lepton_ci.fsutil import sha256_file
+from lepton_ci.serve.options import model_args
 
 UID = 10001
 PORT = 8080
@@ -64,20 +65,7 @@ def serve_command(model_file: str, framework: str, name: str, version: int) -> l
         "python",
         "-m",
         "lepton_ci.serve",
-        "--model-dir",
-        MODEL_DIR,
-        "--model-file",
-        model_file,
-        "--framework",
-        framework,
-        "--name",
-        name,
-        "--version",
-        str(version),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(PORT),
+        *model_args(MODEL_DIR, model_file, framework, name, version, "0.0.0.0", PORT),
     ]
 
 

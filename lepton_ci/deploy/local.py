@@ -26,6 +26,7 @@ from lepton_ci.deploy.base import COPY_PREFIX, DeployFailed, DeploySpec
 from lepton_ci.errors import UserError
 from lepton_ci.records import Deployment
 from lepton_ci.secrets import scrubbed_environ
+from lepton_ci.serve.options import model_args
 from lepton_ci.timeutil import utcnow
 
 STOP_GRACE_S = 10.0
@@ -91,20 +92,7 @@ def server_command(
     return [
         sys.executable,
         *SERVER_PREFIX,
-        "--model-dir",
-        str(model_dir),
-        "--model-file",
-        model_file,
-        "--framework",
-        framework,
-        "--name",
-        name,
-        "--version",
-        str(version),
-        "--host",
-        host,
-        "--port",
-        str(port),
+        *model_args(str(model_dir), model_file, framework, name, version, host, port),
         "--port-file",
         str(port_file),
         *(extra or []),

@@ -63,3 +63,26 @@ class ServeOptions:
 
     def worker_count(self) -> int:
         return self.workers or available_cpus()
+
+
+def model_args(
+    model_dir: str, model_file: str, framework: str, name: str, version: int, host: str, port: int
+) -> list[str]:
+    """The `python -m lepton_ci.serve` flags naming the model and where to listen: one list for every caller
+    (the local target's process, a serving image's CMD), so their command lines cannot drift apart."""
+    return [
+        "--model-dir",
+        model_dir,
+        "--model-file",
+        model_file,
+        "--framework",
+        framework,
+        "--name",
+        name,
+        "--version",
+        str(version),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]

@@ -28,9 +28,9 @@ from lepton_ci.build.log import BuildLog
 from lepton_ci.config import Config
 from lepton_ci.errors import StepFailed, UserError
 from lepton_ci.oci.reference import TAG_RE
-from lepton_ci.records import GateRecord, ImageRecord, ModelVersion, image_record_path, read_tagged_version
+from lepton_ci.records import GateRecord, ImageRecord, ModelVersion, image_record_path
 from lepton_ci.registry import open_registry
-from lepton_ci.steps.deploy import _served_as, blessing_problem, fetch_verified, trusted_keys
+from lepton_ci.steps.deploy import _served_as, blessing_problem, fetch_verified, resolve_version, trusted_keys
 from lepton_ci.timeutil import utcnow
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
@@ -88,12 +88,7 @@ def _blessed(
     config: Config, ref: str | None, public_keys: tuple[str, ...] | list[str]
 ) -> tuple[Any, ModelVersion, GateRecord, list[Any]]:
     registry = open_registry(config.registry_url, config.root)
-    if ref is None:
-        tagged = read_tagged_version(config.root)
-        if tagged is None:
-            raise UserError("no version given and no .lepton/version.json from `lepton-ci tag`: pass --version REF")
-        ref = str(tagged.version)
-    mv = registry.get(config.model_name, ref)
+    mv = resolve_version(config, registry, ref)
     keys = trusted_keys(config, public_keys)
     problem = blessing_problem(mv, keys)
     if problem:

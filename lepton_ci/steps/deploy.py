@@ -309,6 +309,18 @@ def target_options(config: Config, render_only: str | None = None) -> dict[str, 
     return options
 
 
+def resolve_version(config: Config, registry: Any, ref: str | None) -> ModelVersion:
+    """The version `ref` names (a number, alias, digest or `latest`); without one, the version the last
+    `lepton-ci tag` wrote to .lepton/version.json."""
+    if ref is None:
+        tagged = read_tagged_version(config.root)
+        if tagged is None:
+            raise UserError("no version given and no .lepton/version.json from `lepton-ci tag`: pass --version REF")
+        ref = str(tagged.version)
+    mv: ModelVersion = registry.get(config.model_name, ref)
+    return mv
+
+
 def _deploy(
     config: Config,
     *,
@@ -321,12 +333,7 @@ def _deploy(
 ) -> Deployment:
     section = target_options(config, render_only)
     registry = open_registry(config.registry_url, config.root)
-    if ref is None:
-        tagged = read_tagged_version(config.root)
-        if tagged is None:
-            raise UserError("no version given and no .lepton/version.json from `lepton-ci tag`: pass --version REF")
-        ref = str(tagged.version)
-    mv = registry.get(config.model_name, ref)
+    mv = resolve_version(config, registry, ref)
     keys = trusted_keys(config, public_keys)
     problem = blessing_problem(mv, keys)
     if problem and not allow_unblessed:
