@@ -1,9 +1,12 @@
 """`lepton-ci run`: the configured steps in order, with the report written even when a step fails.
 
-A failed gate or a failed deploy stops what follows it (nothing unblessed moves forward) but the report
+A failed gate, build or deploy stops what follows it (nothing unblessed moves forward) but the report
 still renders, because a failing pull request is exactly when the metric diff matters. A failed training
 run ends the pipeline (there is nothing to report on), and a usage error (bad config, missing file)
 ends it with exit code 2 like any single step would.
+
+`build` runs when it is named (`steps:` in lepton.yml, `--steps`), and by default when lepton.yml sets
+`build.image`; the deploy after it runs the image it built (deploy reads .lepton/image.json).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from lepton_ci.config import Config
 from lepton_ci.errors import StepFailed, UserError
 
-ORDER = ["train", "gate", "tag", "deploy", "report"]
+ORDER = ["train", "gate", "tag", "build", "deploy", "report"]
 
 
 @dataclass
@@ -24,6 +27,16 @@ class PipelineResult:
     report: str | None = None
     failure: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  # what the CI step exposes (version, verdict, ...)
+
+
+def default_steps(config: Config) -> list[str]:
+    """lepton.yml's `steps`, else every step but `build`, which joins when `build.image` names where to push."""
+    if config.data.get("steps"):
+        return config.steps
+    wanted = config.steps
+    if config.section("build").get("image") and "build" not in wanted:
+        wanted.append("build")
+    return wanted
 
 
 def run_pipeline(
@@ -40,14 +53,14 @@ def run_pipeline(
     from lepton_ci.steps.tag import tag
     from lepton_ci.steps.train import train
 
-    wanted = steps or config.steps
+    wanted = steps or default_steps(config)
     unknown = [s for s in wanted if s not in ORDER]
     if unknown:
         raise UserError(f"unknown step(s) {', '.join(unknown)} (expected: {', '.join(ORDER)})")
     result = PipelineResult()
     blocked = False
     for step in [s for s in ORDER if s in wanted]:
-        if blocked and step in ("tag", "deploy"):
+        if blocked and step in ("tag", "build", "deploy"):
             result.steps[step] = "skipped"
             log(f"- {step}: skipped (gate failed)")
             continue
@@ -76,6 +89,12 @@ def run_pipeline(
                 pushed = tag(config)
                 result.outputs.update(version=pushed.version.version, digest=pushed.version.digest)
                 log(f"  {pushed.version.name} v{pushed.version.version} ({pushed.version.digest[:19]})")
+            elif step == "build":
+                from lepton_ci.steps.build import build
+
+                image = build(config, progress="auto")
+                result.outputs.update(image=image.image, **{"image-digest": image.digest, "build-mode": image.mode})
+                log(f"  {image.image} ({image.mode}, {image.pushed_bytes:,} bytes pushed)")
             elif step == "deploy":
                 d = deploy_step.deploy(config, allow_unblessed=allow_unblessed)
                 result.outputs.update(endpoint=d.endpoint, **{"deployed-version": d.version})

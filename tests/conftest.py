@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.keys import PRIVATE_PEM
+from tests.support.serving_base import serving_base  # noqa: F401 (a session fixture: one full image build)
 
 SIGNING_KEY = PRIVATE_PEM
 

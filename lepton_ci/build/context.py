@@ -45,18 +45,37 @@ class ImageInputs:
     framework: str
     extras: tuple[str, ...]
     lepton_ci: str = __version__
+    # `name==version` of the packages the model was trained with (`pins_from_run`): a pickled model must
+    # be loaded by the library versions that wrote it, so the image installs exactly those.
+    pins: tuple[str, ...] = ()
 
     @property
     def requirement(self) -> str:
         return f"lepton-ci[{','.join(self.extras)}]=={self.lepton_ci}"
 
     def digest(self) -> str:
-        text = "\n".join([TEMPLATE.read_text(encoding="utf-8"), self.base_image, self.requirement, str(UID)])
+        parts = [TEMPLATE.read_text(encoding="utf-8"), self.base_image, self.requirement, str(UID), *self.pins]
+        text = "\n".join(parts)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def base_tag(self) -> str:
         """`base-<lepton-ci version>-<framework>-<12 hex of the inputs>`: pushed by every full build."""
         return f"base-{self.lepton_ci}-{self.framework}-{self.digest()[:12]}"
+
+
+# The libraries a saved model's bytes depend on, per framework: pinned in the image to the versions the
+# training run recorded (run.json environment.packages). lepton-ci itself is pinned by ImageInputs.
+PINNED_PACKAGES = {
+    "sklearn": ("scikit-learn", "numpy", "scipy", "joblib"),
+    "torch": ("torch", "numpy"),
+    "keras": ("tensorflow", "tensorflow-cpu", "keras", "numpy"),
+}
+
+
+def pins_from_run(framework: str, packages: dict[str, Any]) -> tuple[str, ...]:
+    """`name==version` for the framework's libraries the training run recorded, sorted."""
+    wanted = PINNED_PACKAGES.get(framework, ())
+    return tuple(sorted(f"{name}=={packages[name]}" for name in wanted if isinstance(packages.get(name), str)))
 
 
 def serve_command(model_file: str, framework: str, name: str, version: int) -> list[str]:
@@ -122,6 +141,11 @@ def wheelhouse(dest: Path, inputs: ImageInputs, log: Log, cache: Path | None = N
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lepton-wheel-") as own:
         links = ["--find-links", own, "--find-links", str(cache)]
+        if inputs.pins:
+            constraints = Path(own) / "constraints.txt"
+            constraints.write_text("\n".join(inputs.pins) + "\n", encoding="utf-8")
+            links += ["--constraint", str(constraints)]
+            log(f"wheelhouse: the training run's versions {', '.join(inputs.pins)}")
         checkout = _checkout()
         if checkout is not None:
             log(f"wheelhouse: lepton-ci {inputs.lepton_ci} from {checkout}")
@@ -143,6 +167,12 @@ def wheelhouse(dest: Path, inputs: ImageInputs, log: Log, cache: Path | None = N
             raise UserError(
                 f"cannot make the wheelhouse for {inputs.requirement} with {sys.executable} (pip wheel failed; "
                 "see above): check the package index is reachable, or set build.extras"
+                + (
+                    f"; the training run's versions ({', '.join(inputs.pins)}) must be installable here, "
+                    "or set build.pin_training_versions: false"
+                    if inputs.pins
+                    else ""
+                )
             )
     return dest
 

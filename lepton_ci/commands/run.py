@@ -12,12 +12,15 @@ from lepton_ci.commands._common import config_from
     "-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a train.params value (repeatable)."
 )
 @click.option(
-    "-s", "--steps", metavar="LIST", help="Comma-separated steps to run (default: steps in lepton.yml, else all)."
+    "-s",
+    "--steps",
+    metavar="LIST",
+    help="Comma-separated steps to run (default: steps in lepton.yml, else all; build only with build.image).",
 )
 @click.option("--allow-unblessed", is_flag=True, help="Let deploy proceed without a signed passing gate record.")
 @click.pass_context
 def run_cmd(ctx: click.Context, params: tuple[str, ...], steps: str | None, allow_unblessed: bool) -> None:
-    """Run train, gate, tag, deploy and report as configured, and print the report."""
+    """Run train, gate, tag, build, deploy and report as configured, and print the report."""
     from lepton_ci.errors import StepFailed
     from lepton_ci.pipeline import run_pipeline
     from lepton_ci.steps.train import parse_param_overrides

@@ -23,7 +23,7 @@ from typing import Any
 
 from lepton_ci import __version__
 from lepton_ci.build.append import BASE_TAG_LABEL, ImageName, parse_image
-from lepton_ci.build.context import FRAMEWORK_EXTRAS, MODEL_DIR, UID, ImageInputs, serve_command
+from lepton_ci.build.context import FRAMEWORK_EXTRAS, MODEL_DIR, UID, ImageInputs, pins_from_run, serve_command
 from lepton_ci.build.log import BuildLog
 from lepton_ci.config import Config
 from lepton_ci.errors import StepFailed, UserError
@@ -44,6 +44,29 @@ def _extras(config: Config, framework: str) -> tuple[str, ...]:
     listed = [value] if isinstance(value, str) else list(value)
     extras = [e.strip() for item in listed for e in str(item).split(",") if e.strip()]
     return tuple(dict.fromkeys(["serve", *extras]))
+
+
+def _training_pins(section: dict[str, Any], mv: ModelVersion, framework: str) -> tuple[str, ...]:
+    """The framework's library versions from the version's own (signed) run record, unless turned off."""
+    if section.get("pin_training_versions") is False:
+        return ()
+    run = mv.metadata.get("run") if isinstance(mv.metadata, dict) else None
+    env = run.get("environment") if isinstance(run, dict) else None
+    packages = env.get("packages") if isinstance(env, dict) else None
+    return pins_from_run(framework, packages) if isinstance(packages, dict) else ()
+
+
+def _pin_mismatch(pins: tuple[str, ...], label: str) -> tuple[str, str] | None:
+    """The first training pin the base image's `ai.lepton.packages` label contradicts, as (wanted, has).
+
+    A package the base does not name at all (a base made before the label existed, or one the framework
+    does not install) is not a contradiction; another version of it is."""
+    has = dict(p.split("==", 1) for p in label.split() if "==" in p)
+    for pin in pins:
+        name, version = pin.split("==", 1)
+        if name in has and has[name] != version:
+            return pin, f"{name}=={has[name]}"
+    return None
 
 
 def _image_tags(mv: ModelVersion, extra: tuple[str, ...] | list[str]) -> list[str]:
@@ -81,6 +104,7 @@ def base_labels(inputs: ImageInputs) -> dict[str, str]:
         "ai.lepton.ci.version": inputs.lepton_ci,
         "ai.lepton.framework": inputs.framework,
         "ai.lepton.base.inputs": inputs.digest(),
+        "ai.lepton.packages": " ".join(inputs.pins),
     }
 
 
@@ -129,7 +153,12 @@ def build(
     registry, mv, gate, keys = _blessed(config, ref, public_keys)
     model_file, framework = _served_as(config, mv, gate)
     model_src = fetch_verified(config, mv, gate, keys)
-    inputs = ImageInputs(str(section.get("base_image") or DEFAULT_BASE_IMAGE), framework, _extras(config, framework))
+    inputs = ImageInputs(
+        str(section.get("base_image") or DEFAULT_BASE_IMAGE),
+        framework,
+        _extras(config, framework),
+        pins=_training_pins(section, mv, framework),
+    )
     image_tags = _image_tags(mv, tags)
     labels = model_labels(mv, inputs.base_tag())
     cmd = serve_command(model_file, framework, mv.name, mv.version)
@@ -192,6 +221,12 @@ def _model_only(
     if framework != inputs.framework:
         raise UserError(
             f"--on-top-of {on_top_of}: a base for {framework!r} models, this version is {inputs.framework!r}"
+        )
+    mismatch = _pin_mismatch(inputs.pins, base.labels.get("ai.lepton.packages", ""))
+    if mismatch:
+        raise UserError(
+            f"--on-top-of {on_top_of}: the base image installs {mismatch[1]}, the model was trained with "
+            f"{mismatch[0]}: make a full build, or set build.pin_training_versions: false"
         )
     if base.labels.get("ai.lepton.ci.version") != __version__:
         log.note(

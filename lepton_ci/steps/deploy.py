@@ -29,8 +29,10 @@ from lepton_ci.fsutil import exclusive_lock, sha256_file, short_repr
 from lepton_ci.records import (
     Deployment,
     GateRecord,
+    ImageRecord,
     ModelVersion,
     artifacts_digest,
+    image_record_path,
     read_tagged_version,
     safe_relative_path,
 )
@@ -321,6 +323,18 @@ def resolve_version(config: Config, registry: Any, ref: str | None) -> ModelVers
     return mv
 
 
+def built_image(config: Config, mv: ModelVersion) -> str | None:
+    """The pushed image `lepton-ci build` made of exactly this version in this workspace (.lepton/image.json),
+    for the image-based targets; None when there is none (they take deploy.image)."""
+    path = image_record_path(config.root)
+    if not path.is_file():
+        return None
+    record = ImageRecord.read(path)
+    if not record.pushed or record.model.get("digest") != mv.digest:
+        return None  # a local-only image, or one built of another version
+    return record.image
+
+
 def _deploy(
     config: Config,
     *,
@@ -350,6 +364,7 @@ def _deploy(
         options=section,
         state_dir=_state_dir(config),
         smoke_request=_smoke_request(config),
+        image=built_image(config, mv),
     )
     current = current_deployment(config)
     try:

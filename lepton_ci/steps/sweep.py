@@ -185,14 +185,25 @@ def gitlab_child_pipeline(
         ],
         "artifacts": {"when": "always", "expire_in": "1 week", "paths": [_joined(directory, ".lepton") + "/"]},
     }
+    # Rules on every job: a job without any runs only in branch and tag pipelines (GitLab's default
+    # `only:`), and a child of a merge request pipeline is neither, so GitLab would create no jobs and fail
+    # the trigger ("downstream pipeline can not be created").
+    always = [{"when": "on_success"}]
+    train_job["rules"] = collect_job["rules"] = always
     pipeline: dict[str, Any] = {"include": include} if include else {}
+    pipeline["workflow"] = {"rules": [{"when": "always"}]}
     stages = [stage] + [s for s in (then or []) if s != stage]
     pipeline["stages"] = stages
     pipeline["lepton-sweep-train"] = train_job
     pipeline["lepton-sweep-collect"] = collect_job
     previous = ["lepton-sweep-collect"]  # each step reads the records of all before it (run.json, gate.json, ...)
     for step in then or []:
-        pipeline[f"lepton-{step}"] = {"extends": f".lepton-{step}", "stage": step, "needs": list(previous)}
+        pipeline[f"lepton-{step}"] = {
+            "extends": f".lepton-{step}",
+            "stage": step,
+            "needs": list(previous),
+            "rules": always,
+        }
         previous.append(f"lepton-{step}")
     return pipeline
 

@@ -1,4 +1,5 @@
-"""`lepton-ci run` without a deploy step: the report renders even when the gate fails."""
+"""`lepton-ci run` without a deploy step: the report renders even when the gate fails, and nothing after
+the failed gate (tag, build) runs."""
 
 from __future__ import annotations
 
@@ -23,8 +24,17 @@ def test_run_twice_then_a_regression_is_held_back(tmp_path: Path) -> None:
     assert cli("registry", "promote", "1", "production", cwd=root).code == 0
 
     dotenv = root / "run.env"
-    r = cli("run", "-p", "acc=0.5", cwd=root, env={**KEY, "LEPTON_CI_DOTENV": str(dotenv)})
+    r = cli(
+        "run",
+        "-p",
+        "acc=0.5",
+        "--steps",
+        "train,gate,tag,build,report",
+        cwd=root,
+        env={**KEY, "LEPTON_CI_DOTENV": str(dotenv)},
+    )
     assert_one_line_error(r, 1, "gate failed: eval.accuracy max_drop")
+    assert "- build: skipped (gate failed)" in r.err  # no image of a model the gate held back
     assert "  baseline: registry production = v1 (sha256:" in r.err
     outputs = dict(line.split("=", 1) for line in dotenv.read_text().splitlines())
     assert outputs["LEPTON_BASELINE_SOURCE"] == "registry" and outputs["LEPTON_BASELINE_VERSION"] == "1"

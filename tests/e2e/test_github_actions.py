@@ -11,7 +11,9 @@ description.
   on the new wine project (not the shipped example) with the quick start as its workflow;
 - the GHCR workflow (lepton-oci.yml) as printed in the docs but for the registry's host: a real CNCF
   distribution server on loopback with htpasswd auth (tests/support/oci_registry.py), two pushes to one
-  pull request, the second gated against the `production` the first deployed;
+  pull request, the second gated against the `production` the first deployed; its build action makes a
+  model-only rebuild (no Docker Engine in the job) on the session's serving base image
+  (tests/support/serving_base.py) and pushes it to that base's registry;
 - settings precedence (tests/e2e/workflows/checks/settings.yml): a job-level LEPTON_CI_REGISTRY and
   LEPTON_CI_CONFIG reach every action given no input, a non-empty input wins; `lepton-ci` is on PATH for
   plain `run:` steps; the gate's outputs name its baseline;
@@ -27,6 +29,7 @@ scripts/deps/20-github-actions.sh.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -172,7 +175,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.fail("git is needed to run act")
     d = tmp_path_factory.mktemp("github-actions")
     src = copy_checkout(d / "lepton-ci")
-    wheels = wheelhouse(d / "wheels", f"{src}[sklearn,serve]", "setuptools>=61", "wheel")
+    wheels = wheelhouse(d / "wheels", f"{src}[sklearn,serve,docker]", "setuptools>=61", "wheel")
     for built in wheels.glob("lepton_ci-*.whl"):
         built.unlink()  # the actions install lepton-ci itself from their own source (or the split test's wheel)
     standin = StandIn(d, prs=[DOC_PR, 7, 8, OCI_PR])
@@ -412,18 +415,36 @@ def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
     print(f"\nact: first run {first.seconds:.1f}s, rerun {rerun.seconds:.1f}s, failing gate {failing.seconds:.1f}s")
 
 
-def test_umbrella_action_runs_the_whole_pipeline(lab: Lab) -> None:
-    """`uses: lepton/ci@v1` with `step: run`: all five steps in one action, outputs and the comment."""
-    project, sha = make_project(lab, "umbrella")
+def test_umbrella_action_runs_the_whole_pipeline(lab: Lab, serving_base: Any) -> None:
+    """`uses: lepton/ci@v1` with `step: run`: all six steps in one action (build, because lepton.yml sets
+    build.image: a model-only rebuild on the session's serving base), outputs and the comment."""
+    project, _ = make_project(lab, "umbrella")
+    image_repo = serving_base.repository("octo/digits-pipeline")
+    config = project / "lepton.yml"
+    config.write_text(config.read_text() + f"build:\n  image: {image_repo}\n  base_image: {serving_base.base_image}\n")
+    git(project, "commit", "-qam", "build the serving image")
+    sha = git(project, "rev-parse", "HEAD")
     event = pull_request_event(lab.dir / "event-8.json", 8, sha)
     run = run_act(lab, project, WORKFLOWS / "lepton-pipeline.yml", event, {"lepton/ci@v1": lab.src}, "umbrella")
     assert_succeeded(run)
     outputs = step_lines(run.log, "lepton outputs: ")
-    assert len(outputs) == 1 and re.fullmatch(
-        r"lepton outputs: steps=train:ok,gate:ok,tag:ok,deploy:ok,report:ok version=1 verdict=pass "
-        r"comment=\S+/octo/digits/pull/8#issuecomment-\d+",
+    assert len(outputs) == 1, run
+    m = re.fullmatch(
+        r"lepton outputs: steps=train:ok,gate:ok,tag:ok,build:ok,deploy:ok,report:ok version=1 verdict=pass "
+        r"comment=\S+/octo/digits/pull/8#issuecomment-\d+ image=(\S+)@(sha256:[0-9a-f]{64})",
         outputs[0],
-    ), run
+    )
+    assert m and m.group(1) == image_repo, outputs
+    assert "model-only rebuild" in run.log, run
+    host, _, path = image_repo.partition("/")
+    got = requests.head(
+        f"http://{host}/v2/{path}/manifests/v1",
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        },
+        timeout=10,
+    )
+    assert got.headers.get("Docker-Content-Digest") == m.group(2), got.headers
     assert step_lines(run.log, "C=0.5 accuracy="), run  # train.py saw the `params` input
     created = lab.standin.calls("issues/create-comment", pr=8)
     # Its own sticky comment: the workflow's name (lepton-pipeline) differs from the quick start's (lepton).
@@ -557,12 +578,19 @@ def documented_workflow(path: str) -> str:
     return found[0]
 
 
-def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
+def test_documented_oci_registry_workflow_outlives_the_runner(
+    lab: Lab, serving_base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """docs/github-actions.md's GHCR workflow, as printed but for the registry's host (a real CNCF
     distribution server on loopback, with htpasswd auth), on two pushes to one pull request: the job's
     LEPTON_REGISTRY_USER (github.actor) and LEPTON_REGISTRY_PASSWORD (secrets.GITHUB_TOKEN) reach every
     action; the first run finds no baseline and deploys v1 (which moves `production` in the registry), the
-    second gates against that. Afterwards the registry holds both versions and `registry check` is clean."""
+    second gates against that. Afterwards the registry holds both versions and `registry check` is clean.
+
+    The build action pushes each version's serving image to `build.image`, a repository of the session's
+    serving-base registry (another host than the model registry): a model-only rebuild on the base there,
+    the job's credentials moved to the model registry's host by the action's login (the model registry
+    refuses anonymous reads, so the build could not fetch the model files without them)."""
     text = documented_workflow("tests/e2e/workflows/lepton-oci.yml")
     ghcr = "oci://ghcr.io/octo/models"
     assert text.count(ghcr) == 1 and "LEPTON_REGISTRY_PASSWORD: ${{ secrets.GITHUB_TOKEN }}" in text, text
@@ -574,7 +602,14 @@ def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
         workflow = lab.dir / "oci-workflow" / "lepton-oci.yml"
         workflow.parent.mkdir()
         workflow.write_text(text.replace(ghcr, url))
-        project, sha = make_project(lab, "oci")
+        project, _ = make_project(lab, "oci")
+        image_repo = serving_base.repository("octo/digits-serve")
+        config = project / "lepton.yml"
+        config.write_text(
+            config.read_text() + f"build:\n  image: {image_repo}\n  base_image: {serving_base.base_image}\n"
+        )
+        git(project, "commit", "-qam", "build the serving image")
+        sha = git(project, "rev-parse", "HEAD")
         repos = {"lepton/ci@v1": lab.src}
         # The job's token is the registry's password here (GHCR takes the job's GITHUB_TOKEN, the stand-in
         # accepts it too), and github.actor the registry's user.
@@ -588,6 +623,7 @@ def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
             "baseline=none (first run: no 'production' in the registry yet)"
         ], first
         assert step_lines(first.log, "digits v1 on local: stopped"), first
+        first_image = built_image(first, image_repo, "v1", sha)
 
         (project / "NOTES.md").write_text("A second push to the pull request.\n")
         git(project, "add", "-A")
@@ -601,6 +637,8 @@ def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
         assert len(outputs) == 1 and outputs[0].startswith(
             "lepton outputs: version=2 verdict=pass source=registry baseline=registry production = v1 "
         ), second
+        second_image = built_image(second, image_repo, "v2", sha2)
+        assert second_image != first_image
 
         # One sticky comment for this workflow, updated by the second run.
         created = lab.standin.calls("issues/create-comment", pr=OCI_PR)
@@ -614,6 +652,20 @@ def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
         assert "production" in next(v for v in versions if v["version"] == 2)["aliases"], versions
         check = lepton_ci("registry", "-r", url, "check", cwd=project, env=creds_env)
         assert check.returncode == 0, check.stdout + check.stderr
+        # Each version carries the image.json its build wrote (attached in the model registry), naming the
+        # image the action's outputs named, built on the serving base, of exactly that version.
+        from lepton_ci.build.attach import attached_images
+        from lepton_ci.registry import open_registry
+
+        for key, value in creds_env.items():
+            monkeypatch.setenv(key, value)
+        registry = open_registry(url, project)
+        for v, image in ((1, first_image), (2, second_image)):
+            mv = registry.get("digits", str(v))
+            (record,) = attached_images(registry, mv)
+            assert record["image"] == image and record["mode"] == "model-only" and record["pushed"], record
+            assert record["model"] == {"name": "digits", "version": v, "digest": mv.digest}, record
+            assert record["base"].startswith(f"{image_repo}@sha256:"), record
         tags = requests.get(
             f"http://{server.host}/v2/octo/models/digits/tags/list",
             auth=(REGISTRY_USER, REGISTRY_PASSWORD),
@@ -623,6 +675,37 @@ def test_documented_oci_registry_workflow_outlives_the_runner(lab: Lab) -> None:
         names = tags.json()["tags"]
         assert sorted(t.split("-")[0] for t in names if re.fullmatch(r"v\d+-[0-9a-f]{12}", t)) == ["v1", "v2"], names
     print(f"\nact: oci runs {first.seconds:.1f}s and {second.seconds:.1f}s")
+
+
+def built_image(run: ActRun, repository: str, tag: str, sha: str) -> str:
+    """The build action's outputs, as the workflow printed them, checked against the registry: the image
+    the `v<N>` tag names there is the output digest, a model-only rebuild; returns REPOSITORY@DIGEST."""
+    lines = step_lines(run.log, "image outputs: ")
+    assert len(lines) == 1, run
+    m = re.fullmatch(
+        r"image outputs: image=(\S+) digest=(sha256:[0-9a-f]{64}) mode=(\S+) json=(\S+) tags=(.*)", lines[0]
+    )
+    assert m, lines
+    image, digest, mode, record, tags = m.groups()
+    assert image == f"{repository}@{digest}" and mode == "model-only", lines
+    assert record.startswith("/") and record.endswith("/.lepton/image.json"), lines
+    assert tags.split() == [tag, f"sha-{sha[:12]}"], lines
+    assert "lepton-ci: base image" in run.log and "model-only rebuild" in run.log, run
+    host, _, path = repository.partition("/")
+    got = requests.get(
+        f"http://{host}/v2/{path}/manifests/{tag}",
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        },
+        timeout=10,
+    )
+    assert got.status_code == 200, got.text
+    assert got.headers["Docker-Content-Digest"] == digest == "sha256:" + hashlib.sha256(got.content).hexdigest()
+    labels = requests.get(f"http://{host}/v2/{path}/blobs/{got.json()['config']['digest']}", timeout=10).json()[
+        "config"
+    ]["Labels"]
+    assert labels["org.opencontainers.image.version"] == tag and labels["org.opencontainers.image.revision"] == sha
+    return image
 
 
 def test_unreadable_registry_fails_the_gate_job(lab: Lab) -> None:
@@ -659,7 +742,7 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
     major = f"v{major_n}"
     git(repo, "tag", "-a", f"v{version}", "-m", f"lepton-ci {version}")
     remote = lab.dir / "remotes"
-    for name in ("ci", "setup", "train", "gate", "tag", "deploy", "report"):
+    for name in ("ci", "setup", "train", "gate", "tag", "build", "deploy", "report", "sweep"):
         git(lab.dir, "init", "-q", "--bare", str(remote / f"{name}.git"))
     split = lab.dir / "split"
 
@@ -694,7 +777,7 @@ def test_release_moves_major_tag_and_split_actions_work_standalone(lab: Lab) -> 
     v2 = git(repo, "rev-parse", "HEAD")
     assert git(remote / "ci.git", "rev-parse", f"{major}^{{commit}}") == v2 != v1
     tracked = set(git(repo, "ls-tree", "-r", "--name-only", f"v{nxt}", "--", "lepton_ci").split("\n"))
-    for step in ("setup", "train", "gate", "tag", "deploy", "report"):
+    for step in ("setup", "train", "gate", "tag", "build", "deploy", "report", "sweep"):
         files = sorted(p.name for p in (split / step).iterdir() if p.name != ".git")
         assert files == ["README.md", "action.yml", "lepton_ci", "pyproject.toml", "setup.cfg"], files
         # The release's source, byte for byte: what `pip install .` next to the action needs, nothing else.

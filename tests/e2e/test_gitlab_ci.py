@@ -6,7 +6,9 @@ examples/sklearn-digits, against the GitLab notes API stand-in (tests/support/gi
   job; the second deploy replaces the first server, the stop job stops it), then the report job with only
   CI_JOB_TOKEN (passes, explains the `api` scope, posts nothing), a failing gate, and an unreachable registry;
 - the per-step components, run twice; unknown inputs pass gitlab-ci-local but not check-gitlab-inputs;
-- the all-in-one `pipeline` component in a branch pipeline: the report finds the merge request of the commit;
+- the all-in-one `pipeline` component in a branch pipeline: the report finds the merge request of the commit,
+  and its build job (`build: true`) makes a daemonless model-only rebuild on the session's serving base
+  (tests/support/serving_base.py), pushed to a registry that only takes the job's CI_REGISTRY_USER/PASSWORD;
 - the setup script alone, as a Docker runner would run it: no git, a venv restored at another path.
 
 lepton-ci is installed the way users get it: from the archive of the `lepton/ci-templates` project
@@ -43,6 +45,7 @@ import yaml
 
 from tests.support.gitlab_archive import publish
 from tests.support.keys import PRIVATE_ONE_LINE, commit_public_key
+from tests.support.oci_registry import PASSWORD, USER, RegistryServer
 
 pytestmark = pytest.mark.slow
 
@@ -288,10 +291,13 @@ def with_variables(ci_yaml: str, **variables: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def make_repo(lab: Lab, name: str, ci_yaml: str) -> Path:
-    """A copy of the example in a git repo whose origin is a GitLab project, with lepton/ci-templates cached."""
+def make_repo(lab: Lab, name: str, ci_yaml: str, lepton_yml: str = "") -> Path:
+    """A copy of the example in a git repo whose origin is a GitLab project, with lepton/ci-templates cached;
+    `lepton_yml` is appended to the example's lepton.yml."""
     repo = lab.dir / name
     shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__", ".lepton"))
+    with open(repo / "lepton.yml", "a") as f:
+        f.write(lepton_yml)
     (repo / ".gitignore").write_text(".gitlab-ci-local/\n.lepton/\n.lepton-venv/\n")
     (repo / ".gitlab-ci.yml").write_text(ci_yaml)
     commit_public_key(repo)
@@ -660,17 +666,37 @@ def test_components_twice(lab: Lab):
     ]
 
 
-def test_pipeline_component_in_a_branch_pipeline_finds_the_merge_request(lab: Lab):
-    """A push pipeline (no CI_MERGE_REQUEST_IID): the report finds the open merge request of the commit."""
-    jobs = [f"lepton-{s}" for s in ("train", "gate", "tag", "deploy", "report")]
+def test_pipeline_component_in_a_branch_pipeline_finds_the_merge_request(lab: Lab, serving_base: Any):
+    """A push pipeline (no CI_MERGE_REQUEST_IID): the report finds the open merge request of the commit.
+
+    With `build: true` the build job rebuilds the tagged version on the session's serving base without a
+    Docker Engine and pushes it to "GitLab's container registry": the session registry's storage behind a
+    registry that wants a password, which the job takes from CI_REGISTRY_USER/PASSWORD (registry-login).
+    """
+    jobs = [f"lepton-{s}" for s in ("train", "gate", "tag", "build", "deploy", "report")]
     used, ignored = lab.dir / "registry-pipeline-input", lab.dir / "registry-pipeline-global"
-    text = doc_snippet("pipeline").replace("extras: sklearn", f"extras: sklearn\n      registry: file://{used}", 1)
-    repo = make_repo(lab, "pipeline", with_variables(text, LEPTON_CI_REGISTRY=f"file://{ignored}"))
+    repository = serving_base.repository("acme/pipeline/serve").split("/", 1)[1]
+    gitlab_registry = RegistryServer(lab.dir / "gitlab-container-registry", htpasswd=True)
+    gitlab_registry.root = serving_base.registry.root  # the same storage, behind basic auth
+    image = f"{gitlab_registry.host}/{repository}"
+    text = doc_snippet("pipeline").replace(
+        "extras: sklearn",
+        f"extras: sklearn\n      registry: file://{used}\n      build: true\n      build-image-tags: gitlab-e2e",
+        1,
+    )
+    repo = make_repo(
+        lab,
+        "pipeline",
+        with_variables(text, LEPTON_CI_REGISTRY=f"file://{ignored}"),
+        lepton_yml=f"build:\n  image: {image}\n  base_image: {serving_base.base_image}\n",
+    )
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout
     iid = 9
     standin = StandIn(lab.dir, "gitlab-standin-branch", ("--mr-for-commit", f"{iid}:{sha.strip()}:feature/smaller-c"))
+    registry_login = {"CI_REGISTRY": gitlab_registry.host, "CI_REGISTRY_USER": USER, "CI_REGISTRY_PASSWORD": PASSWORD}
     try:
-        run = gcl(lab, repo, iid=None, venv="venv-components", standin=standin)
+        gitlab_registry.start()
+        run = gcl(lab, repo, iid=None, venv="venv-components", standin=standin, extra=registry_login)
         assert_pipeline_passed(run, jobs)
         assert "candidate -> v1, staging -> v1" in run.job_log("lepton-tag")
         notes = [n for n in standin.notes(iid) if STICKY in n["body"]]
@@ -680,9 +706,26 @@ def test_pipeline_component_in_a_branch_pipeline_finds_the_merge_request(lab: La
         assert standin.violations() == []
     finally:
         standin.stop()
+        gitlab_registry.stop()
     assert artifact(repo, "lepton-deploy", "deployment.json")["status"] == "healthy"
     # A non-empty input wins over the global variable.
     assert used.is_dir() and any(used.iterdir()) and not ignored.exists()
+
+    # The build: model-only on the base, pushed under v1, sha-<commit> and the input's tag; the image the
+    # registry holds is the one image.json and the dotenv report (LEPTON_IMAGE*) name.
+    record = artifact(repo, "lepton-build", "image.json")
+    env_file = repo / ".gitlab-ci-local" / "artifacts" / "lepton-build" / ".lepton" / "build.env"
+    dotenv = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    pushed = serving_base.manifest_digest(repository, "v1")
+    assert record["mode"] == "model-only" and record["pushed"] is True, record
+    assert pushed and pushed == record["digest"] == dotenv["LEPTON_IMAGE_DIGEST"]
+    assert dotenv["LEPTON_IMAGE"] == record["image"] == f"{image}@{pushed}"
+    assert dotenv["LEPTON_BUILD_MODE"] == "model-only"
+    assert record["tags"] == ["v1", f"sha-{sha.strip()[:12]}", "gitlab-e2e"]
+    assert serving_base.manifest_digest(repository, "gitlab-e2e") == pushed
+    log = run.job_log("lepton-build")
+    assert f"lepton-ci: registry credentials for {gitlab_registry.host}: CI_REGISTRY_USER ({USER})" in log
+    assert PASSWORD not in run.output + log
 
 
 def test_setup_script_without_git_and_a_venv_restored_elsewhere(lab: Lab, tmp_path: Path):

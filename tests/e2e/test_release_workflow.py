@@ -341,7 +341,7 @@ def test_dry_run_runs_scripts_release_without_pushing(release: Release) -> None:
     assert ran(release.log, "Release the actions"), release
     out = step_lines(release.log, "move the major tag and publish the split actions")
     major = f"v{VERSION.split('.')[0]}"
-    for step in ("setup", "train", "gate", "tag", "deploy", "report"):
+    for step in ("setup", "train", "gate", "tag", "build", "deploy", "report", "sweep"):
         line = next((x for x in out if x.startswith(f"{step}: ")), "")
         assert f"v{VERSION}" in line.split() and major in line.split(), (step, out)
     assert not re.search(r"git push|--push", "\n".join(out)), out

@@ -1,17 +1,17 @@
 """`lepton-ci build` against the real Docker Engine and the real distribution registry.
 
-One full build of a registered, gated and signed scikit-learn version (a random forest on sklearn's wine
-data, large enough that the model files dwarf a manifest): labels, user and health check inspected, the
-container answering V2 requests (tritonclient) and turning healthy, the push pulled back by digest, the
-image record written and attached to the version. Then a model-only rebuild on top of it (no engine):
-the bytes pushed against the model files' size, and the same V2 requests answered the same by both
+The session's one full build (tests/support/serving_base.py: a registered, gated and signed random
+forest on sklearn's wine data, large enough that the model files dwarf a manifest): labels, user and
+health check inspected, the container answering V2 requests (tritonclient) and turning healthy, the push
+pulled back by digest, the image record written and attached to the version. Then a model-only rebuild on
+top of it (no engine): the bytes pushed against the model files' size, and the same V2 requests answered
+the same by both
 containers. Then kill -9 at random points of a rebuild: never a half-pushed tag, and a rerun completes.
 Last, the four bad inputs, each one line and exit 2: a base image that does not exist, a Dockerfile that
 fails, an unreachable engine, a registry that refuses the push (nothing pushed).
 
 Services: dockerd and the base image `lepton-test/python:3.11` from scripts/deps/40-docker.sh, the
-registry binary from 50-oci-registry.sh. The wheelhouse cache lives under the test cache directory (like
-the base image's rootfs), so a second run builds from the engine's layer cache in seconds.
+registry binary from 50-oci-registry.sh.
 """
 
 from __future__ import annotations
@@ -23,62 +23,43 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import CLI, assert_one_line_error, cli, require
-from tests.support.docker import BASE_IMAGE, ROOT, require_docker, run
-from tests.support.keys import PRIVATE_PEM, PUBLIC_PEM
+from tests.e2e.helpers import CLI, assert_one_line_error, require
+from tests.support.docker import BASE_IMAGE, ROOT, run
 from tests.support.oci_registry import RegistryServer, free_port
-from tests.support.wine_project import TRAIN
+from tests.support.serving_base import ServingBase, tag_version, wine_config
 
 MODEL = "wine"
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("LEPTON_TEST_CACHE"):
-        return Path(os.environ["LEPTON_TEST_CACHE"])
-    return Path("/var/cache/lepton-ci-test") if os.geteuid() == 0 else ROOT / ".cache" / "lepton-ci-test"
-
-
-def _config(image: str, base_image: str = BASE_IMAGE, **build: str) -> str:
-    extra = "".join(f"  {k}: {v}\n" for k, v in build.items())
-    return f"""\
-version: 1
-model:
-  name: {MODEL}
-  framework: sklearn
-  file: model.joblib
-train:
-  command: {sys.executable} train.py
-  params: {{n_estimators: 800}}
-  metrics: [metrics.json]
-  artifacts: [model.joblib]
-gate:
-  rules:
-    - metric: eval.accuracy
-      min: 0.8
-registry: file://.lepton/registry
-signing:
-  public_key: lepton-signing.pub
-build:
-  image: {image}
-  base_image: {base_image}
-{extra}"""
-
-
 @dataclass
 class Project:
-    root: Path
-    env: dict[str, str]
-    image: str  # HOST:PORT/REPOSITORY
-    registry: RegistryServer
+    """The session's wine project (tests/support/serving_base.py), seen from this module."""
+
+    sb: ServingBase
+
+    @property
+    def root(self) -> Path:
+        return self.sb.root
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.sb.env
+
+    @property
+    def image(self) -> str:  # HOST:PORT/REPOSITORY
+        return self.sb.image
+
+    @property
+    def registry(self) -> RegistryServer:
+        return self.sb.registry
 
     def cli(self, *args: str, timeout: float = 1800, env: dict[str, str] | None = None):  # noqa: ANN201
-        return cli(*args, cwd=self.root, env={**self.env, **(env or {})}, timeout=timeout)
+        return self.sb.cli(*args, timeout=timeout, env=env)
 
     def tags(self, repository: str = "team/wine-serve") -> list[str]:
         import requests
@@ -102,63 +83,20 @@ class Project:
         return requests.head(url, timeout=10).status_code == 200
 
 
-def _tag_version(p: Project, n_estimators: int) -> None:
-    for step in (["train", "--param", f"n_estimators={n_estimators}"], ["gate"], ["tag"]):
-        r = p.cli(*step, timeout=300)
-        assert r.code == 0, (step, r)
+@pytest.fixture(scope="module")
+def docker(serving_base: ServingBase) -> str:
+    return serving_base.docker
 
 
 @pytest.fixture(scope="module")
-def docker() -> str:
-    return require_docker()
+def project(serving_base: ServingBase) -> Project:
+    return Project(serving_base)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, docker: str) -> Iterator[Project]:
-    base = tmp_path_factory.mktemp("build")
-    registry = RegistryServer(base / "registry").start()
-    root = base / "wine"
-    root.mkdir()
-    (root / "train.py").write_text(TRAIN)
-    (root / ".gitignore").write_text(".lepton/\nmetrics.json\nmodel.joblib\n")
-    (root / "lepton-signing.pub").write_text(PUBLIC_PEM)
-    image = f"{registry.host}/team/wine-serve"
-    (root / "lepton.yml").write_text(_config(image))
-    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "wine"]):
-        subprocess.run(["git", *cmd], cwd=root, check=True)
-    env = {
-        "LEPTON_CI_SIGNING_KEY": PRIVATE_PEM,
-        "LEPTON_CI_WHEEL_CACHE": str(_cache_dir() / "wheelhouse" / f"py{sys.version_info[0]}{sys.version_info[1]}"),
-        "LEPTON_CI_PROGRESS": "0",
-    }
-    p = Project(root, env, image, registry)
-    _tag_version(p, 800)
-    try:
-        yield p
-    finally:
-        registry.stop()
-        _remove_images(docker, registry.host)
-
-
-def _remove_images(docker: str, host: str) -> None:
-    """Every image the module built or pulled (tagged in its registry): with the vfs storage driver each
-    layer is a full copy of the file system, so they must not pile up between runs."""
-    listed = run(docker, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", timeout=60).stdout.split()
-    mine = [ref for ref in listed if ref.startswith(f"{host}/")]
-    if mine:
-        run(docker, "image", "rm", "--force", *mine, timeout=300)
-    digests = run(docker, "image", "ls", "--digests", "--format", "{{.Repository}}@{{.Digest}}", timeout=60)
-    pulled = [ref for ref in digests.stdout.split() if ref.startswith(f"{host}/") and "@sha256:" in ref]
-    if pulled:
-        run(docker, "image", "rm", "--force", *pulled, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def full(project: Project) -> dict:
-    """The full build of v1, pushed."""
-    r = project.cli("build", "--progress", "plain", "--tag", "candidate")
-    assert r.code == 0, r
-    return json.loads((project.root / ".lepton" / "image.json").read_text())
+def full(serving_base: ServingBase) -> dict:
+    """The full build of v1, pushed (the session's one full build)."""
+    return serving_base.full
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +274,7 @@ def test_model_only_rebuild_pushes_only_the_model_and_answers_the_same(
 
 
 def test_kill_during_a_rebuild_never_leaves_a_half_pushed_tag(project: Project, rebuilt: dict) -> None:
-    _tag_version(project, 801)  # v2
+    tag_version(project.cli, 801)  # v2
     rng = random.Random(int(os.environ.get("LEPTON_TEST_SEED", "14")))
     span = max(1.0, rebuilt["_seconds"])
     for _ in range(5):
@@ -371,7 +309,9 @@ def test_kill_during_a_rebuild_never_leaves_a_half_pushed_tag(project: Project, 
 def _variant(project: Project, name: str, image: str, **build: str) -> Path:
     """A copy of the project's config (same registry of versions) with other build settings."""
     cfg = project.root / f"lepton.{name}.yml"
-    text = _config(image, **build).replace("file://.lepton/registry", f"file://{project.root / '.lepton' / 'registry'}")
+    text = wine_config(image, **build).replace(
+        "file://.lepton/registry", f"file://{project.root / '.lepton' / 'registry'}"
+    )
     cfg.write_text(text.replace("lepton-signing.pub", str(project.root / "lepton-signing.pub")))
     return cfg
 

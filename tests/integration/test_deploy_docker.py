@@ -1,14 +1,10 @@
 """The docker deploy target against the real Docker engine: blue/green containers behind a router container.
 
-The serving image is built once per module with the docker SDK from the suite's base image
-(`lepton-test/python:3.11`, scripts/deps/40-docker.sh): lepton-ci from a wheel of this checkout plus a
-wheelhouse of its serve and sklearn dependencies, pinned to this venv's versions (the models are pickled
-here and loaded there), installed offline. The wheelhouse is cached under the test cache directory, and
-the dependencies are installed in a layer of their own, so a second run reuses both. The image is pushed
-to a real distribution registry (its storage cached too, so a second push sends only the changed layer),
-so `deploy.image` is pinned by digest as a deploy requires.
-
-The image holds no model: the target copies each version's verified files into its container. The
+The serving image is the base of the session's one full `lepton-ci build` (tests/support/serving_base.py):
+lepton-ci and scikit-learn at this venv's versions (the build pins the training run's, and the models
+here are pickled by this venv too), pushed to a real distribution registry and named by digest, as
+`deploy.image` must be. It holds no model: the target copies each version's verified files into its
+container. The
 scikit-learn project (and the deliberately broken version: a lookup table that raises IndexError on a
 pixel of 100) is test_deploy_slo.py's, and so is its load generator against the stable endpoint.
 """
@@ -16,14 +12,10 @@ pixel of 100) is test_deploy_slo.py's, and so is its load generator against the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +23,13 @@ import pytest
 
 from tests.e2e.helpers import assert_one_line_error, cli, require
 from tests.integration.test_deploy_slo import PAYLOAD, TRAIN, Load
-from tests.support.checkout import copy_checkout
-from tests.support.docker import BASE_IMAGE, ROOT, require_docker
 from tests.support.keys import PRIVATE_PEM
 from tests.support.oci_registry import RegistryServer, free_port
+from tests.support.serving_base import ServingBase
 
 KEY = {"LEPTON_CI_SIGNING_KEY": PRIVATE_PEM}
 MODEL = "slo"  # test_deploy_slo's load generator posts to /v2/models/slo/infer
 DEPLOYMENT = "ai.lepton.deployment"
-# The packages the pickled models need, at this venv's versions.
-PINNED = ["numpy", "scipy", "scikit-learn", "joblib", "threadpoolctl"]
 
 CONFIG = """\
 version: 1
@@ -78,59 +67,6 @@ SLO = """\
     min_requests: 20
 """
 
-DOCKERFILE = f"""\
-FROM {BASE_IMAGE}
-COPY deps /tmp/deps
-RUN python3 -m venv /opt/lepton/venv \\
- && /opt/lepton/venv/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \\
-      --find-links /tmp/deps -r /tmp/deps/requirements.txt
-COPY lepton /tmp/lepton
-RUN /opt/lepton/venv/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-version-check /tmp/lepton/*.whl
-ENV PATH=/opt/lepton/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONUNBUFFERED=1
-USER 10001:10001
-WORKDIR /opt/lepton
-"""
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("LEPTON_TEST_CACHE"):
-        return Path(os.environ["LEPTON_TEST_CACHE"])
-    return Path("/var/cache/lepton-ci-test") if os.geteuid() == 0 else ROOT / ".cache" / "lepton-ci-test"
-
-
-def _pip(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-
-
-def _context(ctx: Path) -> None:
-    """The build context: deps/ (the wheelhouse, from the cache) and lepton/ (this checkout's wheel)."""
-    (ctx / "lepton").mkdir(parents=True)
-    src = copy_checkout(ctx / "src")
-    built = _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", ctx / "lepton", src)
-    assert built.returncode == 0, built.stderr[-3000:]
-    (wheel,) = (ctx / "lepton").glob("lepton_ci-*.whl")
-    requirements = [f"{name}=={metadata.version(name)}" for name in PINNED]
-    requirements.append(f"lepton-ci[serve,sklearn] @ {wheel.as_uri()}")
-    deps = ctx / "deps"
-    cache = _cache_dir() / "deploy-docker-wheels" / f"py{sys.version_info[0]}{sys.version_info[1]}"
-    cache.mkdir(parents=True, exist_ok=True)
-    offline = _pip("wheel", "--no-index", "--find-links", cache, "--wheel-dir", deps, *requirements)
-    if offline.returncode != 0:  # first run (or new pins): fill the cache from the index, then copy
-        filled = _pip("wheel", "--find-links", cache, "--wheel-dir", cache, *requirements)
-        assert filled.returncode == 0, filled.stderr[-3000:]
-        for stale in cache.glob("lepton_ci-*.whl"):
-            stale.unlink()
-        offline = _pip("wheel", "--no-index", "--find-links", cache, "--wheel-dir", deps, *requirements)
-        assert offline.returncode == 0, offline.stderr[-3000:]
-    for own in deps.glob("lepton_ci-*.whl"):
-        own.unlink()  # installed from lepton/ in its own layer, so the deps layer stays cached
-    # Everything lepton-ci[serve,sklearn] needs, by name: the wheel's own requirements, resolved above.
-    names = sorted(p.name.split("-")[0].replace("_", "-") for p in deps.glob("*.whl"))
-    (deps / "requirements.txt").write_text("\n".join(names) + "\n")
-    shutil.rmtree(src, ignore_errors=True)
-    (ctx / "Dockerfile").write_text(DOCKERFILE)
-
 
 @dataclass
 class Engine:
@@ -144,30 +80,11 @@ class Engine:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    require_docker()
-    docker = require("docker")
+def engine(serving_base: ServingBase) -> Engine:
     require("sklearn")
     require("prometheus_client")
-    client = docker.from_env(timeout=600)
-    base = tmp_path_factory.mktemp("docker-deploy")
-    _context(base / "ctx")
-    image, _ = client.images.build(
-        path=str(base / "ctx"), tag="lepton-test/deploy-serve:dev", network_mode="host", rm=True
-    )
-    # Storage in the cache too: a second run's push finds every unchanged layer already there.
-    registry = RegistryServer(_cache_dir() / "deploy-docker-registry").start()
-    try:
-        repo = f"{registry.host}/lepton/serve"
-        image.tag(repo, "test")
-        digest = ""
-        for event in client.api.push(repo, "test", stream=True, decode=True):
-            assert "error" not in event, event
-            digest = (event.get("aux") or {}).get("Digest", digest)
-        assert digest.startswith("sha256:"), "the push reported no digest"
-        yield Engine(client, registry, f"{repo}@{digest}")
-    finally:
-        registry.stop()
+    docker = require("docker")
+    return Engine(docker.from_env(timeout=600), serving_base.registry, serving_base.base_ref)
 
 
 @dataclass

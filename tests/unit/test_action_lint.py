@@ -10,7 +10,8 @@
   (no `${{ }}` in `run:`), every input and output documented, every env var a script reads is set, the
   install step identical in every action (and putting the venv on the job's PATH), settings inputs that
   never hide a job's LEPTON_CI_* (docs/index.md's precedence), and the docs show exactly the workflows the
-  e2e test runs, under distinct names, lint-clean with the actionlint config the docs ship.
+  e2e test runs, under distinct names, lint-clean with the actionlint config the docs ship; docs/build.md's
+  copy-paste workflows (GHCR, Kubernetes) pass actionlint and zizmor too.
 
 The tools come from scripts/deps/20-github-actions.sh; without them the linter tests skip, except under
 scripts/test or CI=true, where a missing tool fails.
@@ -35,8 +36,9 @@ WORKFLOWS = [
     *sorted((ROOT / "tests" / "e2e" / "workflows" / "checks").glob("*.yml")),
 ]
 DOCS = ROOT / "docs" / "github-actions.md"
-STEPS = ["setup", "train", "gate", "tag", "deploy", "report", "sweep"]
-UMBRELLA_STEPS = ["setup", "train", "gate", "tag", "deploy", "report"]  # `sweep` has two modes: its own action only
+STEPS = ["setup", "train", "gate", "tag", "build", "deploy", "report", "sweep"]
+# `sweep` has two modes: its own action only
+UMBRELLA_STEPS = ["setup", "train", "gate", "tag", "build", "deploy", "report"]
 
 # The actionlint config the docs ship: it declares the self-hosted runner label `gpu` of the documented
 # workflows (actionlint knows only GitHub's hosted labels).
@@ -118,6 +120,35 @@ def test_actionlint_documented_workflows_with_the_shipped_config(tmp_path: Path)
     assert findings and all(f["kind"] == "runner-label" and '"gpu"' in f["message"] for f in findings), text
 
 
+def build_doc_workflows() -> list[tuple[str, str]]:
+    """(name, yaml) for each copy-paste workflow of docs/build.md, marked `<!-- build-workflow: NAME -->`."""
+    text = (ROOT / "docs" / "build.md").read_text()
+    return re.findall(r"<!-- build-workflow: (\S+) -->\n```yaml\n(.*?)```", text, flags=re.S)
+
+
+def test_build_doc_workflows_pass_actionlint_and_zizmor(tmp_path: Path) -> None:
+    """docs/build.md's GHCR and Kubernetes workflows, saved where a user saves them, use the build action
+    and pass actionlint (with ShellCheck) and zizmor (pedantic, the project's pinning policy)."""
+    found = build_doc_workflows()
+    assert sorted(name for name, _ in found) == ["deploy-kubernetes.yml", "model-image.yml"], found
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, timeout=60)
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    for name, text in found:
+        data = yaml.safe_load(text)
+        steps = [s for job in data["jobs"].values() for s in job["steps"]]
+        assert any(s.get("uses", "").startswith("lepton/ci/actions/build@") for s in steps), name
+        assert "packages: write" in text and "secrets.GITHUB_TOKEN" in text, name
+        (workflows / name).write_text(text)
+    assert "secrets.KUBECONFIG" in dict(found)["deploy-kubernetes.yml"]
+    findings, text = actionlint_findings(config=None, cwd=tmp_path)
+    assert findings == [], text
+    config = tmp_path / "zizmor.yml"
+    config.write_text(ZIZMOR_CONFIG)
+    result = run(tool("zizmor"), "--offline", "--persona", "pedantic", "--config", str(config), str(workflows))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_documented_workflows_have_distinct_names() -> None:
     """The sticky comment is one per (model, workflow name): two documented workflows under one name would
     overwrite each other's comment."""
@@ -181,7 +212,6 @@ def test_shellcheck_action_scripts(tmp_path: Path) -> None:
 
 def test_the_actions_there_are() -> None:
     assert sorted(p.parent.name for p in ACTIONS[1:]) == sorted(STEPS)
-    assert not (ROOT / "actions" / "build").exists(), "no `build` action until lepton-ci has an image build step"
     steps_doc = load(ROOT / "action.yml")["inputs"]["step"]["description"]
     for step in [*UMBRELLA_STEPS, "run"]:
         assert f"`{step}`" in steps_doc

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from lepton_ci.build.append import BaseImage, new_config, parse_image
-from lepton_ci.build.context import ImageInputs, serve_command
+from lepton_ci.build.context import ImageInputs, pins_from_run, serve_command
 from lepton_ci.build.healthcheck import server_address
 from lepton_ci.build.layer import model_layer
 from lepton_ci.errors import UserError
@@ -86,6 +86,34 @@ def test_the_base_tag_names_what_the_base_is_made_of() -> None:
     assert one.base_tag() == ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn")).base_tag()
     assert one.base_tag() != ImageInputs("python:3.12-slim", "sklearn", ("serve", "sklearn")).base_tag()
     assert one.base_tag() != ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn", "docker")).base_tag()
+
+
+def test_the_training_runs_framework_versions_are_pinned_and_name_the_base() -> None:
+    packages = {"lepton-ci": "0.1.0", "numpy": "2.1.0", "scikit-learn": "1.6.1", "torch": "2.13.0", "scipy": 1}
+    assert pins_from_run("sklearn", packages) == ("numpy==2.1.0", "scikit-learn==1.6.1")  # not a string: skipped
+    assert pins_from_run("torch", packages) == ("numpy==2.1.0", "torch==2.13.0")
+    assert pins_from_run("onnx", packages) == ()
+    plain = ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn"))
+    pinned = ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn"), pins=("scikit-learn==1.6.1",))
+    other = ImageInputs("python:3.11-slim", "sklearn", ("serve", "sklearn"), pins=("scikit-learn==1.5.0",))
+    assert len({plain.base_tag(), pinned.base_tag(), other.base_tag()}) == 3
+
+
+@pytest.mark.parametrize(
+    ("pins", "label", "mismatch"),
+    [
+        (("scikit-learn==1.6.1",), "numpy==2.1.0 scikit-learn==1.6.1", None),
+        (("scikit-learn==1.6.1",), "", None),  # a base that names no pins
+        (("numpy==2.1.0", "scikit-learn==1.6.1"), "scikit-learn==1.5.0", ("scikit-learn==1.6.1", "scikit-learn==1.5.0")),
+        ((), "scikit-learn==1.5.0", None),  # pinning turned off
+    ],
+)
+def test_a_base_with_other_versions_of_the_training_libraries_is_found(
+    pins: tuple[str, ...], label: str, mismatch: tuple[str, str] | None
+) -> None:
+    from lepton_ci.steps.build import _pin_mismatch
+
+    assert _pin_mismatch(pins, label) == mismatch
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ checked without running them.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lepton_ci import __version__ as VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "gitlab-templates"
@@ -24,7 +27,10 @@ COMPONENTS = TEMPLATES / "templates"
 CHECKER = TEMPLATES / "check-gitlab-inputs"  # ships with the published project
 CHECKER_IN_SCRIPTS = ROOT / "scripts" / "check-gitlab-inputs"
 DOCS = ROOT / "docs" / "gitlab.md"
-STEPS = ["train", "gate", "tag", "deploy", "report"]
+SWEEP_DOCS = ROOT / "docs" / "sweep.md"
+STEPS = ["train", "gate", "tag", "build", "deploy", "report"]
+# The pipeline component's build job is off unless its `build` input is true: this rule comes first.
+BUILD_SWITCH = {"if": '$LEPTON_CI_INPUT_BUILD != "true"', "when": "never"}
 INPUT_RE = re.compile(r"\$\[\[\s*inputs\.([A-Za-z0-9_-]+)\s*\]\]")
 # Keywords that are global in a .gitlab-ci.yml; a component must not set them.
 GLOBAL_KEYWORDS = {
@@ -84,6 +90,15 @@ def step_of(path: Path, name: str, job: dict[str, Any]) -> str:
     return path.stem if path.stem in STEPS else name.rsplit("]]", 1)[1]
 
 
+def is_trigger_job(job: dict[str, Any]) -> bool:
+    """A job that runs a child pipeline (the sweep component's): `trigger:` and no script, as GitLab requires."""
+    return "trigger" in job
+
+
+# What GitLab lets a trigger job have (no script, image, cache or artifacts: it runs on no runner).
+TRIGGER_KEYS = {"stage", "needs", "rules", "variables", "trigger", "allow_failure", "inherit", "resource_group"}
+
+
 def scripts_of(job: dict[str, Any]) -> list[str]:
     return [line for key in ("before_script", "script", "after_script") for line in job.get(key) or []]
 
@@ -97,7 +112,7 @@ def component_paths() -> list[Path]:
 
 def test_component_layout_is_what_gitlab_requires():
     names = {p.stem for p in component_paths()}
-    assert names == set(STEPS) | {"pipeline"}
+    assert names == set(STEPS) | {"pipeline", "sweep"}
     assert not [p for p in COMPONENTS.iterdir() if p.is_dir() and not (p / "template.yml").is_file()]
 
 
@@ -124,7 +139,10 @@ def test_component_has_no_global_keywords_and_names_jobs_from_inputs(path: Path)
     for name, job in jobs.items():
         assert INPUT_RE.search(name), f"{path.name}: job name {name!r} is not an input"
         assert INPUT_RE.fullmatch(str(job["stage"])), f"{path.name}: stage of {name} is not an input"
-        assert "script" in job
+        if is_trigger_job(job):
+            assert set(job) <= TRIGGER_KEYS, f"{path.name}: trigger job {name} has {set(job) - TRIGGER_KEYS}"
+        else:
+            assert "script" in job
 
 
 @pytest.mark.parametrize("path", component_paths(), ids=lambda p: p.stem)
@@ -142,12 +160,14 @@ def test_components_serialize_registry_writes_and_take_runner_tags():
         _, jobs, _ = load_component(path)
         for name, job in jobs.items():
             step = step_of(path, name, job)
-            if step in ("tag", "deploy", "stop"):
+            if step in ("tag", "build", "deploy", "stop"):
                 assert INPUT_RE.fullmatch(job["resource_group"]), (path.name, name)
-            if step == "train":
+            if step in ("train", "build"):
                 assert INPUT_RE.fullmatch(job["tags"]), (path.name, name)
             if step == "stop":
                 assert "artifacts" not in job and job["dependencies"] == [] and job["allow_failure"] is True
+                continue
+            if is_trigger_job(job):  # its artifacts are the child pipeline's jobs'
                 continue
             assert job["artifacts"]["when"] == "always"
             assert job["artifacts"]["reports"]["dotenv"].endswith(f".lepton/{step}.env")
@@ -160,7 +180,11 @@ def test_components_run_in_merge_request_pipelines_without_duplicates():
         for name, job in jobs.items():
             step = step_of(path, name, job)
             assert "when" not in job, f"{path.name}: {name}: `when:` next to `rules:` is invalid in GitLab"
-            ifs = [(r["if"], r.get("when")) for r in job["rules"]]
+            rules = job["rules"]
+            if path.stem == "pipeline" and step == "build":
+                assert rules[0] == BUILD_SWITCH and job["variables"]["LEPTON_CI_INPUT_BUILD"] == "$[[ inputs.build ]]"
+                rules = rules[1:]
+            ifs = [(r["if"], r.get("when")) for r in rules]
             when = {"report": "always", "stop": "manual"}.get(step)
             assert ifs == [
                 ('$CI_PIPELINE_SOURCE == "merge_request_event"', when),
@@ -182,11 +206,16 @@ def test_deploy_components_have_a_stop_job_for_their_environment():
 
 def test_pipeline_component_is_the_step_components_put_together():
     pspec, pipeline, _ = load_component(COMPONENTS / "pipeline.yml")
-    rendered = render(pipeline, defaults(pspec))
+    rendered = render(pipeline, {**defaults(pspec), "build": True})
+    build = rendered["lepton-build"]
+    assert build["rules"].pop(0) == BUILD_SWITCH and build["variables"].pop("LEPTON_CI_INPUT_BUILD") is True
     seen = set()
     for step in STEPS:
         spec, jobs, _ = load_component(COMPONENTS / f"{step}.yml")
-        for name, job in render(jobs, defaults(spec)).items():
+        values = defaults(spec)
+        if step == "build":  # its own stage by default; the pipeline's runs beside deploy, so that no stage is new
+            values["stage"] = pspec["build-stage"]["default"]
+        for name, job in render(jobs, values).items():
             assert rendered[name] == job, (step, name)
             seen.add(name)
     assert seen == set(rendered)
@@ -251,6 +280,82 @@ def test_setup_says_in_one_line_when_git_is_missing(tmp_path: Path):
     assert "python:3.12" in lines[0] and "apt-get install -y git" in lines[0]
 
 
+def _run_build_script(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str], Any]:
+    """The build job's script with a stand-in `lepton-ci` that records its arguments and the docker config it saw."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    seen = tmp_path / "seen.json"
+    fake = bindir / "lepton-ci"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "cfg = os.path.join(os.environ.get('DOCKER_CONFIG', '/nonexistent'), 'config.json')\n"
+        "config = json.load(open(cfg)) if os.path.isfile(cfg) else None\n"
+        "mode = oct(os.stat(cfg).st_mode & 0o777) if config is not None else None\n"
+        f"json.dump({{'args': sys.argv[1:], 'config': config, 'mode': mode}}, open({str(seen)!r}, 'w'))\n"
+    )
+    fake.chmod(0o755)
+    if not (bindir / "python").exists():
+        (bindir / "python").symlink_to(sys.executable)
+    seen.unlink(missing_ok=True)
+    script = "\n".join(hidden_jobs(TEMPLATES / "lepton.yml")[".lepton-build"]["script"])
+    path = f"{bindir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    r = subprocess.run(
+        ["sh", "-e", "-c", script],
+        env={"PATH": path, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    data = json.loads(seen.read_text()) if seen.is_file() else {}
+    return r, data.get("args", []), data
+
+
+def test_build_job_hands_gitlabs_registry_credentials_to_lepton_ci_without_printing_them(tmp_path: Path):
+    """CI_REGISTRY_USER/PASSWORD go into a private docker config for CI_REGISTRY only, merged with the user's
+    own; the password is in no output; the config is gone afterwards; settings become flags."""
+    password = "glcbt-registry-password-7"
+    home_config = tmp_path / "home" / ".docker" / "config.json"
+    home_config.parent.mkdir(parents=True)
+    home_config.write_text(json.dumps({"auths": {"ghcr.io": {"auth": "b3RoZXI6c2VjcmV0"}}}))
+    env = {
+        "CI_REGISTRY": "registry.example.com",
+        "CI_REGISTRY_USER": "gitlab-ci-token",
+        "CI_REGISTRY_PASSWORD": password,
+        "LEPTON_CI_INPUT_BUILD_PUSH": "true",
+        "LEPTON_CI_BUILD_TAGS": "latest stable",
+        "LEPTON_CI_BUILD_ON_TOP_OF": "ignored.example.com/x:base",
+        "LEPTON_CI_INPUT_BUILD_ON_TOP_OF": "registry.example.com/acme/serve:base-1",
+    }
+    r, args, seen = _run_build_script(tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    assert password not in r.stdout + r.stderr
+    assert args == [
+        "build",
+        "--progress",
+        "auto",
+        "--on-top-of",
+        "registry.example.com/acme/serve:base-1",
+        "--push",
+        "--tag",
+        "latest",
+        "--tag",
+        "stable",
+    ]
+    auths = seen["config"]["auths"]
+    assert set(auths) == {"ghcr.io", "registry.example.com"} and seen["mode"] == "0o600"
+    assert base64.b64decode(auths["registry.example.com"]["auth"]).decode() == f"gitlab-ci-token:{password}"
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("tmp")] == []  # the private config is removed
+    assert json.loads(home_config.read_text()) == {"auths": {"ghcr.io": {"auth": "b3RoZXI6c2VjcmV0"}}}
+
+    # Off, or LEPTON_REGISTRY_USER set (it wins for every registry): no docker config of the job's own.
+    for extra in ({"LEPTON_CI_REGISTRY_LOGIN": "false"}, {"LEPTON_REGISTRY_USER": "robot"}):
+        r, args, seen = _run_build_script(tmp_path, {**env, **extra})
+        assert r.returncode == 0 and seen["config"] is None, r.stderr
+    r, args, _ = _run_build_script(tmp_path, {"LEPTON_CI_BUILD_PUSH": "yes"})
+    assert r.returncode == 2 and args == [] and "LEPTON_CI_BUILD_PUSH must be true, false or empty" in r.stderr
+
+
 def _check_jsonschema() -> list[str]:
     exe = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
     if exe is None:
@@ -288,7 +393,7 @@ def hidden_jobs(path: Path) -> dict[str, Any]:
 def test_classic_all_in_one_has_every_hidden_job():
     jobs = hidden_jobs(TEMPLATES / "lepton.yml")
     assert list(jobs) == [".lepton-setup"] + [
-        f".lepton-{s}" for s in ("train", "gate", "tag", "deploy", "stop", "report")
+        f".lepton-{s}" for s in ("train", "gate", "tag", "build", "deploy", "stop", "report", "sweep-plan")
     ]
     stop = jobs[".lepton-stop"]
     assert stop["environment"] == {"name": jobs[".lepton-deploy"]["environment"]["name"], "action": "stop"}
@@ -298,17 +403,23 @@ def test_classic_all_in_one_has_every_hidden_job():
         assert job["extends"] == ".lepton-setup" and job["stage"] == step
         assert job["variables"]["LEPTON_CI_DOTENV"] == f".lepton/{step}.env"
         assert job["artifacts"]["reports"]["dotenv"] == f".lepton/{step}.env"
-    assert jobs[".lepton-tag"]["resource_group"] == jobs[".lepton-deploy"]["resource_group"] == "lepton-registry"
+    assert {jobs[f".lepton-{s}"]["resource_group"] for s in ("tag", "build", "deploy")} == {"lepton-registry"}
+    plan = jobs[".lepton-sweep-plan"]
+    assert plan["extends"] == ".lepton-setup" and plan["stage"] == "train"
+    assert plan["variables"]["LEPTON_CI_DOTENV"] == plan["artifacts"]["reports"]["dotenv"] == ".lepton/sweep-plan.env"
+    assert ".lepton/sweep-pipeline.yml" in plan["artifacts"]["paths"]
     assert "$[[" not in (TEMPLATES / "lepton.yml").read_text()
 
 
-@pytest.mark.parametrize("step", ["setup"] + STEPS)
+@pytest.mark.parametrize("step", ["setup"] + STEPS + ["sweep"])
 def test_classic_step_files_match_the_all_in_one(step: str):
     allinone = hidden_jobs(TEMPLATES / "lepton.yml")
     jobs = hidden_jobs(TEMPLATES / f"lepton-{step}.yml")
-    expected = [".lepton-setup"] + {"setup": [], "deploy": [".lepton-deploy", ".lepton-stop"]}.get(
-        step, [f".lepton-{step}"]
-    )
+    expected = [".lepton-setup"] + {
+        "setup": [],
+        "deploy": [".lepton-deploy", ".lepton-stop"],
+        "sweep": [".lepton-sweep-plan"],
+    }.get(step, [f".lepton-{step}"])
     assert list(jobs) == expected
     for name in expected:
         assert jobs[name] == allinone[name], f"lepton-{step}.yml: {name} differs from lepton.yml's"
@@ -321,8 +432,63 @@ def test_classic_and_components_run_the_same_scripts():
         spec, jobs, _ = load_component(path)
         for name, job in jobs.items():
             step = step_of(path, name, job)
+            if is_trigger_job(job):  # no script: test_sweep_component_triggers_the_child_pipeline_its_plan_job_writes
+                continue
             assert job["before_script"] == setup, f"templates/{path.name}: {name}: setup differs from .lepton-setup"
             assert job["script"] == classic[f".lepton-{step}"]["script"], f"templates/{path.name}: {name}: script"
+
+
+def test_sweep_component_triggers_the_child_pipeline_its_plan_job_writes():
+    spec, jobs, _ = load_component(COMPONENTS / "sweep.yml")
+    rendered = render(jobs, defaults(spec))
+    plan, trigger = rendered["lepton-sweep-plan"], rendered["lepton-sweep"]
+    assert trigger["trigger"] == {
+        "include": [{"artifact": ".lepton/sweep-pipeline.yml", "job": "lepton-sweep-plan"}],
+        "strategy": "depend",
+    }
+    assert trigger["needs"] == ["lepton-sweep-plan"] and trigger["stage"] == plan["stage"]
+    assert ".lepton/sweep-pipeline.yml" in plan["artifacts"]["paths"]
+    assert 'lepton_ci_pipeline="${OLDPWD:-$CI_PROJECT_DIR}/.lepton/sweep-pipeline.yml"' in plan["script"][0]
+    # The trigger job's variables are the child pipeline's: it installs the lepton-ci the plan job installed.
+    for key in ("PACKAGE", "EXTRAS", "SOURCE_PROJECT"):
+        assert trigger["variables"][f"LEPTON_CI_INPUT_{key}"] == plan["variables"][f"LEPTON_CI_INPUT_{key}"], key
+    assert trigger["variables"]["LEPTON_CI_VENV"] == plan["variables"]["LEPTON_CI_VENV"]
+    assert "LEPTON_CI_DOTENV" not in trigger["variables"]  # the child's jobs name their own
+
+
+# the plan job's default include: the classic lepton.yml at the version these templates are published under
+TEMPLATES_AT_VERSION = f"'lepton/ci-templates', ref: '{VERSION}', file: /lepton.yml}}"
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            {},
+            ["--then", "gate", "--then", "tag", "--then", "report", "--include", f"{{project: {TEMPLATES_AT_VERSION}"],
+        ),
+        (
+            {"LEPTON_CI_SWEEP_THEN": "", "LEPTON_CI_SOURCE_PROJECT": "acme/mirror", "LEPTON_CI_SOURCE_REF": "0123abc"},
+            ["--include", "{project: 'acme/mirror', ref: '0123abc', file: /lepton.yml}"],
+        ),
+        (
+            {"LEPTON_CI_SWEEP_THEN": "gate", "LEPTON_CI_SWEEP_INCLUDE": "{local: ci/a.yml}\n\n{template: b.yml}\n"},
+            ["--then", "gate", "--include", "{local: ci/a.yml}", "--include", "{template: b.yml}"],
+        ),
+    ],
+)
+def test_sweep_plan_script_passes_steps_and_child_includes(tmp_path: Path, env: dict[str, str], expected: list[str]):
+    """The plan job's script with a stand-in `lepton-ci` that prints its arguments, one a line."""
+    (tmp_path / "lepton-ci").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "lepton-ci").chmod(0o755)
+    script = hidden_jobs(TEMPLATES / "lepton.yml")[".lepton-sweep-plan"]["script"][0].replace("\ncat ", "\ntrue ")
+    path = f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env = {"PATH": path, "LEPTON_CI_DIRECTORY": "ml", "OLDPWD": "/builds/acme/p", **env}
+    r = subprocess.run(["sh", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = "/builds/acme/p/.lepton/sweep-pipeline.yml"
+    head = ["sweep", "plan", "--format", "gitlab", "--directory", "ml", "--output", out]
+    assert r.stdout.splitlines() == head + expected
 
 
 def test_classic_templates_match_gitlabs_schema():
@@ -439,7 +605,8 @@ def test_checker_follows_local_includes_and_reports_unknown_components(tmp_path:
     assert len(lines) == 2, r.stderr
     assert "ml.yml: include component gitlab.com/lepton/ci-templates/gate@0.1.0: unknown input 'treshold'" in lines[0]
     assert (
-        "no component 'evaluate'" in lines[1] and "components: deploy, gate, pipeline, report, tag, train" in lines[1]
+        "no component 'evaluate'" in lines[1]
+        and f"components: {', '.join(sorted(p.stem for p in component_paths()))}" in lines[1]
     )
 
 
@@ -511,7 +678,11 @@ def test_docs_snippets_lint_clean(tmp_path: Path):
     cmd = _check_jsonschema()
     files = []
     readme = re.findall(r"```yaml\n(.*?)```", (TEMPLATES / "README.md").read_text(), flags=re.S)
-    for name, body in [*doc_snippets().items(), *((f"readme-{i}", b) for i, b in enumerate(readme))]:
+    # docs/sweep.md's GitLab pipelines (its other yaml blocks are lepton.yml and a GitHub workflow)
+    marked = r"<!-- (?:test|lint): (sweep-[a-z-]+) -->\n```yaml\n(.*?)```"
+    sweep = re.findall(marked, SWEEP_DOCS.read_text(), flags=re.S)
+    assert {name for name, _ in sweep} == {"sweep-component", "sweep-classic"}
+    for name, body in [*doc_snippets().items(), *sweep, *((f"readme-{i}", b) for i, b in enumerate(readme))]:
         f = tmp_path / f"{name}.gitlab-ci.yml"
         f.write_text(body)
         files.append(str(f))

@@ -159,8 +159,15 @@ def test_gitlab_child_pipeline(tmp_path: Path) -> None:
     assert train_job["parallel"]["matrix"] == [{"LEPTON_CI_TRAIN_PARAMS": f"lr={v}"} for v in ("0.01", "0.1", "1.9")]
     assert "lepton-ci train --output" in train_job["script"][0]
     assert child["lepton-sweep-collect"]["needs"] == ["lepton-sweep-train"]
-    assert child["lepton-gate"] == {"extends": ".lepton-gate", "stage": "gate", "needs": ["lepton-sweep-collect"]}
+    assert child["lepton-gate"] == {
+        "extends": ".lepton-gate", "stage": "gate", "needs": ["lepton-sweep-collect"], "rules": [{"when": "on_success"}]
+    }
     assert child["lepton-tag"]["needs"] == ["lepton-sweep-collect", "lepton-gate"]
+    # A child of a merge request pipeline gets no job without rules (GitLab's default `only:` is branches and
+    # tags): every job has rules, and the workflow lets the pipeline be created.
+    assert child["workflow"] == {"rules": [{"when": "always"}]}
+    jobs = [k for k in child if k not in ("include", "stages", "workflow")]
+    assert jobs and all(child[j]["rules"] == [{"when": "on_success"}] for j in jobs), jobs
 
 
 # ---- collect ---------------------------------------------------------------------------------------------
