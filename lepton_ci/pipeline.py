@@ -11,6 +11,7 @@ ends it with exit code 2 like any single step would.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +31,13 @@ class PipelineResult:
 
 
 def default_steps(config: Config) -> list[str]:
-    """lepton.yml's `steps`, else every step but `build`, which joins when `build.image` names where to push."""
+    """lepton.yml's `steps`, else every step but `build`, which joins when `build.image` (or
+    LEPTON_CI_BUILD_IMAGE) names where to push."""
     if config.data.get("steps"):
         return config.steps
     wanted = config.steps
-    if config.section("build").get("image") and "build" not in wanted:
+    has_image = config.section("build").get("image") or os.environ.get("LEPTON_CI_BUILD_IMAGE")
+    if has_image and "build" not in wanted:
         wanted.append("build")
     return wanted
 

@@ -21,6 +21,12 @@ from lepton_ci.commands._common import config_from, echo_json
     "registry (default: build.on_top_of, else the base a full build pushed to build.image, if any).",
 )
 @click.option(
+    "--image",
+    metavar="REPOSITORY",
+    help="Repository to tag and push, HOST/PATH (default: LEPTON_CI_BUILD_IMAGE, else build.image); e.g. "
+    "$CI_REGISTRY_IMAGE/serve in GitLab.",
+)
+@click.option(
     "--push/--no-push",
     default=None,
     help="Push to build.image (default: build.push, else push when build.image is set).",
@@ -56,6 +62,7 @@ def build_cmd(
     ctx: click.Context,
     ref: str | None,
     on_top_of: str | None,
+    image: str | None,
     push: bool | None,
     tags: tuple[str, ...],
     output: Path | None,
@@ -71,6 +78,7 @@ def build_cmd(
         config_from(ctx),
         ref=ref,
         on_top_of=on_top_of,
+        image=image,
         push=push,
         tags=tags,
         output=output,

@@ -16,6 +16,7 @@ the model registry (build/attach.py: versions are immutable, so the record refer
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -125,6 +126,7 @@ def build(
     *,
     ref: str | None = None,
     on_top_of: str | None = None,
+    image: str | None = None,
     push: bool | None = None,
     tags: tuple[str, ...] | list[str] = (),
     output: Path | None = None,
@@ -134,20 +136,26 @@ def build(
     """Build (and push) the serving image of a blessed version; writes and returns its image.json."""
     section = config.section("build")
     log = BuildLog(progress)
-    image_value = section.get("image")
+    # --image, then LEPTON_CI_BUILD_IMAGE (a CI variable such as $CI_REGISTRY_IMAGE/serve), then build.image.
+    image_value, image_key = image, "--image"
+    if not image_value and os.environ.get("LEPTON_CI_BUILD_IMAGE"):
+        image_value, image_key = os.environ["LEPTON_CI_BUILD_IMAGE"], "LEPTON_CI_BUILD_IMAGE"
+    if not image_value:
+        image_value, image_key = section.get("image"), "build.image"
     push = bool(section.get("push", bool(image_value))) if push is None else push
     on_top_of = on_top_of or section.get("on_top_of") or None
     if push and not image_value:
         raise UserError(
-            "build.image is not set: name the repository to push to (HOST/REPOSITORY), or use --no-push",
+            "build.image is not set: name the repository to push to (HOST/REPOSITORY; or --image, "
+            "LEPTON_CI_BUILD_IMAGE), or use --no-push",
             where=config.where("build") if "build" in config.data else None,
         )
     if on_top_of and not push:
         raise UserError("--on-top-of builds the image in the registry and always pushes: drop --no-push")
-    target = parse_image(image_value, "build.image") if image_value else None
+    target = parse_image(image_value, image_key) if image_value else None
     if target is not None and target.reference:
         raise UserError(
-            f"build.image {image_value!r} names a tag or digest: give the repository only (tags are v<N>, sha-…)"
+            f"{image_key} {image_value!r} names a tag or digest: give the repository only (tags are v<N>, sha-…)"
         )
 
     registry, mv, gate, keys = _blessed(config, ref, public_keys)

@@ -155,3 +155,24 @@ def test_the_image_record_round_trips(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "image.json").read_text())["kind"] == "image"
     with pytest.raises(UserError, match="'pushed' must be"):
         ImageRecord.from_dict({**rec.to_dict(), "pushed": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--image", "127.0.0.1:5000/team/serve:v1"], {}, "--image"),
+        ([], {"LEPTON_CI_BUILD_IMAGE": "127.0.0.1:5000/team/serve@sha256:" + "a" * 64}, "LEPTON_CI_BUILD_IMAGE"),
+        (["--image", "127.0.0.1:5000/team/serve:x"], {"LEPTON_CI_BUILD_IMAGE": "127.0.0.1:5000/ok"}, "--image"),
+    ],
+)
+def test_the_image_repository_comes_from_the_flag_then_the_environment_then_the_config(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    from tests.e2e.helpers import assert_one_line_error, cli
+
+    (tmp_path / "lepton.yml").write_text(
+        "version: 1\nmodel: {name: m, framework: sklearn, file: m.joblib}\ntrain: {command: 'true'}\n"
+        "build: {image: 127.0.0.1:5000/from-config}\n"
+    )
+    r = cli("build", *args, cwd=tmp_path, env={"LEPTON_CI_BUILD_IMAGE": "", **env})
+    assert_one_line_error(r, 2, named, "names a tag or digest")
