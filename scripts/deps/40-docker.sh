@@ -45,16 +45,25 @@ lepton_docker_run=$(mktemp -d /tmp/lepton-docker.XXXXXX)
 export LEPTON_CLEANUP_DIRS="${LEPTON_CLEANUP_DIRS:+$LEPTON_CLEANUP_DIRS }$lepton_docker_run"
 lepton_docker_root="$lepton_docker_cache/docker"
 mkdir -p "$lepton_docker_root"
+# The lock is held by dockerd alone (this shell closes its copy once dockerd has it), so no other process
+# started by the run (a registry, pytest) can keep the root locked after the engine is gone; and dockerd
+# gets SIGTERM when this shell dies, even by SIGKILL (setpriv --pdeathsig), so a run that ends without its
+# EXIT trap leaves no engine holding the root. A run that has just ended may still be stopping its engine:
+# wait for it a little before falling back to a temporary root.
 exec {lepton_docker_lock_fd}>"$lepton_docker_root/.lock"
-if ! flock -n "$lepton_docker_lock_fd"; then
-  echo "scripts/deps/40-docker.sh: $lepton_docker_root is in use by another run; using a temporary data root" >&2
+if ! flock -w 20 "$lepton_docker_lock_fd"; then
+  echo "scripts/deps/40-docker.sh: $lepton_docker_root is in use by another engine" \
+    "($(pgrep -d, -f "dockerd --data-root $lepton_docker_root/data" || echo "pid unknown")); using a temporary data root" >&2
   lepton_docker_root="$lepton_docker_run/root"
 fi
-dockerd --data-root "$lepton_docker_root/data" --exec-root "$lepton_docker_run/exec" \
+lepton_docker_deathsig=()
+setpriv --help 2>/dev/null | grep -q -- --pdeathsig && lepton_docker_deathsig=(setpriv --pdeathsig TERM --)
+"${lepton_docker_deathsig[@]}" dockerd --data-root "$lepton_docker_root/data" --exec-root "$lepton_docker_run/exec" \
   -H "unix://$lepton_docker_run/docker.sock" --pidfile "$lepton_docker_run/docker.pid" \
   --storage-driver=vfs --iptables=false --ip-forward=false --bridge=none \
   >"$lepton_docker_run/dockerd.log" 2>&1 &
 lepton_docker_pid=$!
+exec {lepton_docker_lock_fd}>&-
 export LEPTON_STOP_PIDS="${LEPTON_STOP_PIDS:+$LEPTON_STOP_PIDS }$lepton_docker_pid"
 export DOCKER_HOST="unix://$lepton_docker_run/docker.sock"
 for _ in $(seq 1 100); do
@@ -95,5 +104,5 @@ docker image prune --force --filter until=24h >/dev/null 2>&1 || true
 export LEPTON_DOCKER=1
 
 unset lepton_docker_cache lepton_docker_run lepton_docker_root lepton_docker_pid lepton_docker_base lepton_docker_tar \
-  lepton_docker_mirror lepton_docker_fs
+  lepton_docker_mirror lepton_docker_fs lepton_docker_lock_fd lepton_docker_deathsig
 unset -f lepton_docker_fail lepton_docker_apt
