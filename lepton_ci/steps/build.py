@@ -17,6 +17,7 @@ the model registry (build/attach.py: versions are immutable, so the record refer
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +35,12 @@ from lepton_ci.registry import open_registry
 from lepton_ci.steps.deploy import _served_as, blessing_problem, fetch_verified, resolve_version, trusted_keys
 from lepton_ci.timeutil import utcnow
 
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
+LOCAL_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+# The wheelhouse is made with this interpreter, so the default base runs the same minor version of Python
+# (a python:3.12 CI job builds on python:3.12-slim).
+DEFAULT_BASE_IMAGE = f"python:{LOCAL_PYTHON}-slim"
+# `python:3.11-slim`, `docker.io/library/python:3.12`, `mirror.example/python:3.11.7-bookworm`.
+_PYTHON_IMAGE = re.compile(r"^(?:.*/)?python:(?P<minor>[0-9]+\.[0-9]+)(?:[.-].*)?$")
 LOCAL_REPOSITORY = "lepton-ci/{name}-serve"
 
 
@@ -97,6 +103,18 @@ def model_labels(mv: ModelVersion, base_tag: str) -> dict[str, str]:
         "ai.lepton.model.digest": mv.digest,
         BASE_TAG_LABEL: base_tag,
     }
+
+
+def check_base_python(base: str) -> None:
+    """A full build installs wheels made here, so an official Python image of another minor version would
+    fail deep inside pip: refuse it up front, in one line, instead (a model-only rebuild needs no check)."""
+    match = _PYTHON_IMAGE.match(base)
+    if match and match["minor"] != LOCAL_PYTHON:
+        raise UserError(
+            f"build.base_image {base!r} runs Python {match['minor']}, but lepton-ci runs on Python {LOCAL_PYTHON} "
+            f"here and the image installs wheels made here: use python:{LOCAL_PYTHON}-slim, or run this job "
+            f"with Python {match['minor']}"
+        )
 
 
 def base_labels(inputs: ImageInputs) -> dict[str, str]:
@@ -283,6 +301,8 @@ def _full(
     section = config.section("build")
     repository = f"{target.registry.host}/{target.repository}" if target else LOCAL_REPOSITORY.format(name=mv.name)
     user_dockerfile = section.get("dockerfile")
+    if not user_dockerfile:
+        check_base_python(inputs.base_image)
     client = docker_engine.connect()
     if user_dockerfile:
         path = config.resolve(user_dockerfile)

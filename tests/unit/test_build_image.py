@@ -176,3 +176,20 @@ def test_the_image_repository_comes_from_the_flag_then_the_environment_then_the_
     )
     r = cli("build", *args, cwd=tmp_path, env={"LEPTON_CI_BUILD_IMAGE": "", **env})
     assert_one_line_error(r, 2, named, "names a tag or digest")
+
+
+def test_the_default_base_runs_this_python_and_another_python_is_refused_before_building() -> None:
+    import sys
+
+    from lepton_ci.steps.build import DEFAULT_BASE_IMAGE, check_base_python
+
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert f"python:{here}-slim" == DEFAULT_BASE_IMAGE
+    other = "3.10" if here != "3.10" else "3.13"
+    for ok in (DEFAULT_BASE_IMAGE, f"docker.io/library/python:{here}.2-bookworm", "debian:bookworm", "python:latest"):
+        check_base_python(ok)
+    for bad in (f"python:{other}-slim", f"registry.example:5000/mirror/python:{other}"):
+        with pytest.raises(UserError) as err:
+            check_base_python(bad)
+        assert str(err.value).startswith(f"build.base_image {bad!r} runs Python {other}, but lepton-ci runs on")
+        assert f"use python:{here}-slim" in str(err.value)
