@@ -9,7 +9,9 @@ and a breach puts the old one back. The old container is removed only after traf
 failed rollout leaves the old version serving, untouched.
 
 The model: an image built by `lepton-ci build` carries it (label `ai.lepton.model.digest`, which must be
-the version's digest, or the deploy is refused); a plain serving image (lepton-ci and the framework, no
+the version's digest, or the deploy is refused; and since a label is only a claim, the model files are
+read back from the created container and must be the version's, byte for byte, before it starts); a plain
+serving image (lepton-ci and the framework, no
 model) gets the verified files copied into the container before it starts. Every container carries the
 model's name, version and digest and the deployment's id as labels, so status and stop find them again
 from deployment.json, and stop removes everything of the deployment, strays of a crashed deploy included.
@@ -224,6 +226,13 @@ class DockerTarget:
                 **extra,
             )
             info["id"] = container.id
+            if source == "image":
+                problem = docker_engine.model_files_problem(container, IMAGE_MODEL_DIR, spec.version.artifacts)
+                if problem is not None:
+                    raise TrustError(
+                        f"refusing to deploy {spec.version.name} v{spec.version.version}: the image {image} does not "
+                        f"hold the version's files ({problem})"
+                    )
             if source == "copy":
                 assert spec.model_dir is not None
                 docker_engine.copy_model(container, spec.model_dir, COPIED_MODEL_DIR)

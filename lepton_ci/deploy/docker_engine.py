@@ -127,6 +127,50 @@ def read_file(container: Any, path: str) -> str | None:
         return extracted.read().decode(errors="replace") if extracted is not None else None
 
 
+def model_files_problem(container: Any, path: str, artifacts: list[dict[str, Any]]) -> str | None:
+    """None when `path` in a created container holds exactly the version's files, byte for byte.
+
+    The image's label names the model it was built with, but a label is only a claim: a tag repointed, an
+    image.json edited between jobs, or a later layer that replaced a file would all keep it. So the files
+    the server will load are read back from the container (the merged view of every layer, as the server
+    sees it) and hashed against the version's manifest, which deploy has verified against the gate's
+    signature. Links, devices and other non-regular files are refused: the server must read exactly these
+    bytes and nothing they point to.
+    """
+    import hashlib
+    import tempfile
+
+    errors = sdk("docker.errors")
+    try:
+        stream, _ = container.get_archive(path)
+    except (errors.NotFound, errors.APIError) as exc:
+        return f"cannot read {path} in the image: {_short(exc)}"
+    found: dict[str, str] = {}
+    with tempfile.TemporaryFile() as spool:
+        for chunk in stream:
+            spool.write(chunk)
+        spool.seek(0)
+        with tarfile.open(fileobj=spool, mode="r|") as tar:
+            for member in tar:
+                rel = member.name.split("/", 1)[1] if "/" in member.name else ""
+                if member.isdir():
+                    continue
+                if not member.isfile() or not rel:
+                    return f"{path}/{rel or member.name} is not a regular file"
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                digest = hashlib.sha256()
+                while block := extracted.read(1 << 20):
+                    digest.update(block)
+                found[rel] = digest.hexdigest()
+    expected = {str(a["path"]): str(a["sha256"]).removeprefix("sha256:") for a in artifacts}
+    extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    if extra or missing:
+        return ", ".join([f"unexpected {p}" for p in extra[:3]] + [f"missing {p}" for p in missing[:3]])
+    changed = sorted(p for p in expected if found[p] != expected[p])
+    return f"{changed[0]} differs from the version's file" if changed else None
+
+
 def logs_tail(container: Any, lines: int = 8) -> str:
     try:
         text = container.logs(tail=lines).decode(errors="replace").strip()

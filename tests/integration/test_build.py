@@ -7,7 +7,9 @@ pulled back by digest, the image record written and attached to the version. The
 top of it (no engine): the bytes pushed against the model files' size, and the same V2 requests answered
 the same by both
 containers. Then kill -9 at random points of a rebuild: never a half-pushed tag, and a rerun completes.
-Last, the four bad inputs, each one line and exit 2: a base image that does not exist, a Dockerfile that
+Then the docker target on the built image: it serves, and an image that keeps the label but swaps the
+model file in a later layer (an ungated model that loads and answers) is refused before it starts. Last,
+the four bad inputs, each one line and exit 2: a base image that does not exist, a Dockerfile that
 fails, an unreachable engine, a registry that refuses the push (nothing pushed).
 
 Services: dockerd and the base image `lepton-test/python:3.11` from scripts/deps/40-docker.sh, the
@@ -301,6 +303,84 @@ def test_kill_during_a_rebuild_never_leaves_a_half_pushed_tag(project: Project, 
     assert record["mode"] == "model-only" and record["model"]["version"] == 2
     manifest = project.manifest("v2")
     assert manifest is not None and project.manifest(record["digest"]) == manifest
+
+
+# -- the docker target on a built image ---------------------------------------------------------------------
+
+
+def _docker_deploy_config(project: Project, where: Path, image: str) -> Path:
+    """The wine project's versions deployed by the docker target from `image`, from a directory of its own
+    (no image.json there, so deploy.image is what runs)."""
+    name, port = f"lepton-b{free_port()}", free_port()
+    cfg = _variant(project, "deploy", project.image)
+    text = cfg.read_text() + (
+        f"deploy:\n  target: docker\n  image: {image}\n  ready_timeout: 120\n  server:\n    workers: 1\n"
+        f"  docker:\n    name: {name}\n    port: {port}\n"
+    )
+    cfg.unlink()
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "lepton.yml").write_text(text)
+    return where / "lepton.yml"
+
+
+def test_the_docker_target_runs_the_built_image_and_refuses_one_whose_files_are_not_the_versions(
+    project: Project, full: dict, docker: str, tmp_path: Path
+) -> None:
+    """The image's label names the model it claims to hold; a later layer that swaps the model file keeps
+    that label. The target reads the files back from the container and refuses what the gate did not sign."""
+    import requests
+
+    _pull(docker, full["image"])
+    ctx = tmp_path / "forged"
+    ctx.mkdir()
+    # A model that loads and answers as well as the gated one does, but that the gate never saw.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import joblib, sys; from sklearn.datasets import load_wine;"
+            " from sklearn.tree import DecisionTreeClassifier; x, y = load_wine(return_X_y=True);"
+            " joblib.dump(DecisionTreeClassifier().fit(x, y), sys.argv[1])",
+            str(ctx / "model.joblib"),
+        ],
+        check=True,
+        timeout=120,
+    )
+    (ctx / "Dockerfile").write_text(f"FROM {full['image']}\nCOPY model.joblib /opt/lepton/model/model.joblib\n")
+    forged_tag = f"{project.image}:forged"
+    built = run(docker, "build", "-q", "-t", forged_tag, str(ctx), env={"DOCKER_BUILDKIT": "0"}, timeout=600)
+    assert built.returncode == 0, built.stderr
+    pushed = run(docker, "push", forged_tag, timeout=600)
+    assert pushed.returncode == 0, pushed.stderr
+    digest = requests.head(
+        f"http://{project.registry.host}/v2/team/wine-serve/manifests/forged",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        timeout=10,
+    ).headers["Docker-Content-Digest"]
+    forged = f"{project.image}@{digest}"
+    assert _inspect(docker, forged)["Config"]["Labels"]["ai.lepton.model.digest"] == full["model"]["digest"]
+
+    good = _docker_deploy_config(project, tmp_path / "good", full["image"])
+    r = project.cli("-c", str(good), "deploy", "--version", "1", timeout=600)
+    try:
+        assert r.code == 0, r
+        record = json.loads((good.parent / ".lepton" / "deployment.json").read_text())
+        assert record["status"] == "healthy" and record["state"]["model_source"] == "image", record
+        endpoint = record["endpoint"]
+        assert requests.get(f"{endpoint}/v2/models/{MODEL}/ready", timeout=10).status_code == 200
+
+        bad = good.parent / "lepton.yml"
+        bad.write_text(bad.read_text().replace(full["image"], forged))
+        r = project.cli("-c", str(bad), "deploy", "--version", "1", timeout=600)
+        assert_one_line_error(r, 2, "refusing to deploy wine v1", "does not hold the version's files", "model.joblib")
+        # Nothing of the forged image runs, and the genuine deployment still serves.
+        running = run(docker, "ps", "-a", "--filter", f"ancestor={forged}", "--format", "{{.Names}}", timeout=60)
+        assert running.stdout.strip() == "", running.stdout
+        assert json.loads((good.parent / ".lepton" / "deployment.json").read_text())["digest"] == record["digest"]
+        assert requests.get(f"{endpoint}/v2/models/{MODEL}/ready", timeout=10).status_code == 200
+    finally:
+        stopped = project.cli("-c", str(good), "deploy", "stop", timeout=300)
+        assert stopped.code == 0, stopped
 
 
 # -- bad input -----------------------------------------------------------------------------------------------

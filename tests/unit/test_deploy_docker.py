@@ -95,3 +95,48 @@ def test_an_unreachable_engine_is_one_line() -> None:
     pytest.importorskip("docker")
     with pytest.raises(UserError, match="cannot reach the Docker host unix:///nonexistent.sock"):
         docker_engine.connect("unix:///nonexistent.sock")
+
+
+def _archive_container(entries: list[tuple[str, bytes | None, str]]) -> Any:
+    """A created container whose get_archive('/opt/lepton/model') answers the tar `docker cp` would give:
+    (name under model/, bytes or None for a directory, kind) with kind file, dir or symlink."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, kind in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                assert data is not None
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return SimpleNamespace(get_archive=lambda path: (iter([raw[:100], raw[100:]]), {}))
+
+
+def test_the_image_model_files_must_be_the_versions_byte_for_byte() -> None:
+    import hashlib
+
+    model, vocab = b"the gated model", b"a\nb\n"
+    artifacts = [
+        {"path": "m.joblib", "sha256": hashlib.sha256(model).hexdigest(), "size": len(model)},
+        {"path": "sub/vocab.txt", "sha256": hashlib.sha256(vocab).hexdigest(), "size": len(vocab)},
+    ]
+    genuine = [("model", None, "dir"), ("model/m.joblib", model, "file"), ("model/sub", None, "dir")]
+    genuine.append(("model/sub/vocab.txt", vocab, "file"))
+    check = docker_engine.model_files_problem
+    assert check(_archive_container(genuine), "/opt/lepton/model", artifacts) is None
+    swapped = [e if e[0] != "model/m.joblib" else ("model/m.joblib", b"another model", "file") for e in genuine]
+    found = check(_archive_container(swapped), "/opt/lepton/model", artifacts)
+    assert found == "m.joblib differs from the version's file"
+    extra = [*genuine, ("model/evil.py", b"import os", "file")]
+    assert check(_archive_container(extra), "/opt/lepton/model", artifacts) == "unexpected evil.py"
+    assert check(_archive_container(genuine[:2]), "/opt/lepton/model", artifacts) == "missing sub/vocab.txt"
+    linked = [e if e[0] != "model/m.joblib" else ("model/m.joblib", None, "symlink") for e in genuine]
+    assert check(_archive_container(linked), "/opt/lepton/model", artifacts) == (
+        "/opt/lepton/model/m.joblib is not a regular file"
+    )
