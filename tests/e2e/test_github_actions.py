@@ -416,16 +416,25 @@ def test_step_actions_pull_request_workflow_and_rerun(lab: Lab) -> None:
 
 
 def test_umbrella_action_runs_the_whole_pipeline(lab: Lab, serving_base: Any) -> None:
-    """`uses: lepton/ci@v1` with `step: run`: all six steps in one action (build, because lepton.yml sets
-    build.image: a model-only rebuild on the session's serving base), outputs and the comment."""
+    """`uses: lepton/ci@v1` with `step: run`: all six steps in one action (build, because the workflow's
+    `image-repository` input names a repository, from a repository variable: a model-only rebuild on the
+    session's serving base), outputs and the comment."""
     project, _ = make_project(lab, "umbrella")
     image_repo = serving_base.repository("octo/digits-pipeline")
     config = project / "lepton.yml"
-    config.write_text(config.read_text() + f"build:\n  image: {image_repo}\n  base_image: {serving_base.base_image}\n")
+    config.write_text(config.read_text() + f"build:\n  base_image: {serving_base.base_image}\n")
     git(project, "commit", "-qam", "build the serving image")
     sha = git(project, "rev-parse", "HEAD")
     event = pull_request_event(lab.dir / "event-8.json", 8, sha)
-    run = run_act(lab, project, WORKFLOWS / "lepton-pipeline.yml", event, {"lepton/ci@v1": lab.src}, "umbrella")
+    run = run_act(
+        lab,
+        project,
+        WORKFLOWS / "lepton-pipeline.yml",
+        event,
+        {"lepton/ci@v1": lab.src},
+        "umbrella",
+        extra=["--var", f"LEPTON_IMAGE_REPOSITORY={image_repo}"],
+    )
     assert_succeeded(run)
     outputs = step_lines(run.log, "lepton outputs: ")
     assert len(outputs) == 1, run

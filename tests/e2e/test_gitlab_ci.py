@@ -670,8 +670,9 @@ def test_pipeline_component_in_a_branch_pipeline_finds_the_merge_request(lab: La
     """A push pipeline (no CI_MERGE_REQUEST_IID): the report finds the open merge request of the commit.
 
     With `build: true` the build job rebuilds the tagged version on the session's serving base without a
-    Docker Engine and pushes it to "GitLab's container registry": the session registry's storage behind a
-    registry that wants a password, which the job takes from CI_REGISTRY_USER/PASSWORD (registry-login).
+    Docker Engine and pushes it to "GitLab's container registry" (the input `build-image-repository`, from
+    $CI_REGISTRY: lepton.yml names no build.image): the session registry's storage behind a registry that
+    wants a password, which the job takes from CI_REGISTRY_USER/PASSWORD (registry-login).
     """
     jobs = [f"lepton-{s}" for s in ("train", "gate", "tag", "build", "deploy", "report")]
     used, ignored = lab.dir / "registry-pipeline-input", lab.dir / "registry-pipeline-global"
@@ -681,14 +682,15 @@ def test_pipeline_component_in_a_branch_pipeline_finds_the_merge_request(lab: La
     image = f"{gitlab_registry.host}/{repository}"
     text = doc_snippet("pipeline").replace(
         "extras: sklearn",
-        f"extras: sklearn\n      registry: file://{used}\n      build: true\n      build-image-tags: gitlab-e2e",
+        f"extras: sklearn\n      registry: file://{used}\n      build: true\n      build-image-tags: gitlab-e2e\n"
+        f'      build-image-repository: "$CI_REGISTRY/{repository}"',
         1,
     )
     repo = make_repo(
         lab,
         "pipeline",
         with_variables(text, LEPTON_CI_REGISTRY=f"file://{ignored}"),
-        lepton_yml=f"build:\n  image: {image}\n  base_image: {serving_base.base_image}\n",
+        lepton_yml=f"build:\n  base_image: {serving_base.base_image}\n",
     )
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout
     iid = 9
