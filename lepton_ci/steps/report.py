@@ -15,7 +15,7 @@ from lepton_ci.charts import history_charts
 from lepton_ci.config import Config
 from lepton_ci.errors import UserError
 from lepton_ci.metrics import fmt_number
-from lepton_ci.records import Deployment, GateRecord, ModelVersion, RunRecord
+from lepton_ci.records import Deployment, GateRecord, ImageRecord, ModelVersion, RunRecord, image_record_path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 REPORT_MODE = 0o600
@@ -225,7 +225,24 @@ def report(
     context["notes"] = notes + context["notes"]
     failed = _read_optional(Deployment, (deployment_path or config.deployment_path).with_name("deployment.failed.json"))
     context["slo"] = slo_context(deployment, failed)
+    context["image"] = image_context(_read_optional(ImageRecord, image_record_path(config.root)), version)
     return render(context)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def image_context(record: ImageRecord | None, version: ModelVersion | None) -> dict[str, Any] | None:
+    """The serving image `build` made of the reported version (.lepton/image.json); None when there is no
+    such record, or it is of another version (a stale file must not be shown as this version's image)."""
+    if record is None or version is None or record.model.get("digest") != version.digest:
+        return None
+    how = "model-only rebuild" if record.mode == "model-only" else "full build"
+    sizes = (
+        f"{_megabytes(record.size_bytes)}, {_megabytes(record.pushed_bytes)} pushed" if record.pushed else "not pushed"
+    )
+    return {"ref": record.image, "how": how, "sizes": sizes, "tags": list(record.tags) if record.pushed else []}
 
 
 def slo_context(deployment: Deployment | None, failed: Deployment | None) -> dict[str, Any] | None:

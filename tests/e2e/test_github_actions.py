@@ -458,6 +458,8 @@ def test_umbrella_action_runs_the_whole_pipeline(lab: Lab, serving_base: Any) ->
     created = lab.standin.calls("issues/create-comment", pr=8)
     # Its own sticky comment: the workflow's name (lepton-pipeline) differs from the quick start's (lepton).
     assert len(created) == 1 and created[0]["body"]["body"].startswith(STICKY_PIPELINE)
+    # The comment names the image the run built and deployed, pinned by digest.
+    assert f"**Image:** `{m.group(1)}@{m.group(2)}` · model-only rebuild · " in created[0]["body"]["body"], created
     assert len(lab.standin.comments(8)) == 1
     assert "<!-- lepton-ci:report model=digits -->" in summaries(run.log)
     print(f"\nact: umbrella run {run.seconds:.1f}s")

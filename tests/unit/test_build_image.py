@@ -104,7 +104,11 @@ def test_the_training_runs_framework_versions_are_pinned_and_name_the_base() -> 
     [
         (("scikit-learn==1.6.1",), "numpy==2.1.0 scikit-learn==1.6.1", None),
         (("scikit-learn==1.6.1",), "", None),  # a base that names no pins
-        (("numpy==2.1.0", "scikit-learn==1.6.1"), "scikit-learn==1.5.0", ("scikit-learn==1.6.1", "scikit-learn==1.5.0")),
+        (
+            ("numpy==2.1.0", "scikit-learn==1.6.1"),
+            "scikit-learn==1.5.0",
+            ("scikit-learn==1.6.1", "scikit-learn==1.5.0"),
+        ),
         ((), "scikit-learn==1.5.0", None),  # pinning turned off
     ],
 )
@@ -193,3 +197,37 @@ def test_the_default_base_runs_this_python_and_another_python_is_refused_before_
             check_base_python(bad)
         assert str(err.value).startswith(f"build.base_image {bad!r} runs Python {other}, but lepton-ci runs on")
         assert f"use python:{here}-slim" in str(err.value)
+
+
+def test_the_report_shows_the_image_of_the_reported_version_only() -> None:
+    from lepton_ci.records import GateRecord, ModelVersion
+    from lepton_ci.steps.report import build_context, image_context, render
+    from tests.unit.test_record_validation import gate_dict
+
+    mv = ModelVersion(name="wine", version=3, digest="sha256:" + "b" * 64)
+    record = ImageRecord(
+        image="ghcr.io/acme/wine-serve@sha256:" + "c" * 64,
+        digest="sha256:" + "c" * 64,
+        tags=["v3", "sha-0123456789ab"],
+        mode="model-only",
+        model={"name": "wine", "version": 3, "digest": mv.digest},
+        size_bytes=312_400_000,
+        pushed_bytes=2_100_000,
+        pushed=True,
+    )
+    shown = image_context(record, mv)
+    assert shown == {
+        "ref": record.image,
+        "how": "model-only rebuild",
+        "sizes": "312.4 MB, 2.1 MB pushed",
+        "tags": ["v3", "sha-0123456789ab"],
+    }
+    other = ModelVersion(name="wine", version=4, digest="sha256:" + "d" * 64)
+    assert image_context(record, other) is None  # a stale image.json of another version is not shown
+    assert image_context(None, mv) is None and image_context(record, None) is None
+
+    base = build_context(None, GateRecord.from_dict(gate_dict()), mv, None, "wine", 4, ["candidate"])
+    base.update(charts=[], slo=None)
+    line = f"**Image:** `{record.image}` · model-only rebuild · 312.4 MB, 2.1 MB pushed · tags: v3, sha-0123456789ab"
+    assert line in render({**base, "image": shown})
+    assert "**Image:**" not in render({**base, "image": None})
