@@ -54,11 +54,26 @@ def sweep_group() -> None:
     type=click.Choice(["gate", "tag", "report"]),
     help="gitlab: steps the child pipeline runs on the best run after collecting (repeatable, in order).",
 )
+@click.option(
+    "--train-tag",
+    "train_tags",
+    multiple=True,
+    metavar="TAG",
+    help="gitlab: a runner tag of the train jobs, e.g. gpu (repeatable); collect and the --then steps keep theirs.",
+)
+@click.option("--train-image", metavar="IMAGE", help="gitlab: the container image of the train jobs, e.g. a CUDA one.")
 @click.option("--directory", default=".", show_default=True, help="gitlab: directory holding lepton.yml.")
 @path_option("-o", "--output", help="Write the plan to this file instead of stdout.")
 @click.pass_context
 def plan_cmd(
-    ctx: click.Context, fmt: str, includes: tuple[str, ...], then: tuple[str, ...], directory: str, output: Path | None
+    ctx: click.Context,
+    fmt: str,
+    includes: tuple[str, ...],
+    then: tuple[str, ...],
+    train_tags: tuple[str, ...],
+    train_image: str | None,
+    directory: str,
+    output: Path | None,
 ) -> None:
     """Print the sweep's jobs: one per combination of sweep.grid (or of its seeded sample)."""
     from lepton_ci.forge.outputs import emit
@@ -83,7 +98,19 @@ def plan_cmd(
             if not isinstance(value, dict):
                 raise UserError(f"--include {item!r}: expected a mapping such as '{{local: lepton.yml}}' or a path")
             parsed.append(value)
-        pipeline = sweep.gitlab_child_pipeline(plan, include=parsed, then=list(then), directory=directory)
+        for tag in train_tags:
+            if not tag.strip() or "\n" in tag:
+                raise UserError(f"--train-tag {tag!r}: expected a runner tag (one line, not empty)")
+        if train_image is not None and (not train_image.strip() or any(c.isspace() for c in train_image)):
+            raise UserError(f"--train-image {train_image!r}: expected an image name such as nvidia/cuda:12.4.1-runtime")
+        pipeline = sweep.gitlab_child_pipeline(
+            plan,
+            include=parsed,
+            then=list(then),
+            directory=directory,
+            train_tags=[t.strip() for t in train_tags],
+            train_image=train_image,
+        )
         header = f"# lepton-ci sweep plan: {len(plan.combinations)} job(s) of a grid of {plan.grid_size}\n"
         text = header + yaml.dump(pipeline, Dumper=_block_dumper(), sort_keys=False, width=1000)
     elif fmt == "github":

@@ -147,11 +147,14 @@ def gitlab_child_pipeline(
     stage: str = "train",
     then: list[str] | None = None,
     directory: str = ".",
+    train_tags: list[str] | None = None,
+    train_image: str | None = None,
 ) -> dict[str, Any]:
     """A child pipeline: one `parallel: matrix` train job per combination (the classic `.lepton-setup` for the
     install), a collect job that needs them all, and the `then` steps (gate, tag, report) after it, since a
     parent pipeline cannot read its child's artifacts. Each train job keeps its records and files under
-    `.lepton/sweep/<job id>/` so the artifacts of the jobs do not overwrite each other."""
+    `.lepton/sweep/<job id>/` so the artifacts of the jobs do not overwrite each other. `train_tags` and
+    `train_image` send the train jobs (only: collecting and gating need no GPU) to GPU runners."""
     base = ".lepton/sweep"
     train_job: dict[str, Any] = {
         "extends": ".lepton-setup",
@@ -172,6 +175,10 @@ def gitlab_child_pipeline(
         ],
         "artifacts": {"when": "always", "expire_in": "1 week", "paths": [_joined(directory, base) + "/"]},
     }
+    if train_tags:
+        train_job["tags"] = list(dict.fromkeys(train_tags))
+    if train_image:
+        train_job["image"] = train_image
     collect_job: dict[str, Any] = {
         "extends": ".lepton-setup",
         "stage": stage,

@@ -168,6 +168,22 @@ def test_gitlab_child_pipeline(tmp_path: Path) -> None:
     assert child["workflow"] == {"rules": [{"when": "always"}]}
     jobs = [k for k in child if k not in ("include", "stages", "workflow")]
     assert jobs and all(child[j]["rules"] == [{"when": "on_success"}] for j in jobs), jobs
+    assert "tags" not in train_job and "image" not in train_job  # the runner's defaults unless asked
+
+
+def test_gitlab_child_pipeline_sends_only_the_train_jobs_to_gpu_runners(tmp_path: Path) -> None:
+    project(tmp_path)
+    r = cli("sweep", "plan", "--format", "gitlab", "--then", "gate", "--train-tag", "gpu", "--train-tag", "cuda-12",
+            "--train-image", "nvcr.io/nvidia/pytorch:24.08-py3", "-o", "child.yml", cwd=tmp_path)
+    assert r.code == 0, r
+    child = yaml.safe_load((tmp_path / "child.yml").read_text())
+    assert child["lepton-sweep-train"]["tags"] == ["gpu", "cuda-12"]
+    assert child["lepton-sweep-train"]["image"] == "nvcr.io/nvidia/pytorch:24.08-py3"
+    for job in ("lepton-sweep-collect", "lepton-gate"):  # collecting and gating need no GPU
+        assert "tags" not in child[job] and "image" not in child[job], child[job]
+    for bad, needle in ((["--train-tag", ""], "--train-tag ''"), (["--train-image", "a b"], "--train-image 'a b'")):
+        r = cli("sweep", "plan", "--format", "gitlab", *bad, cwd=tmp_path)
+        assert r.code == 2 and needle in r.err and "Traceback" not in r.err, r
 
 
 # ---- collect ---------------------------------------------------------------------------------------------
