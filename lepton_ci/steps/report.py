@@ -229,18 +229,16 @@ def report(
     return render(context)
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
-
-
 def image_context(record: ImageRecord | None, version: ModelVersion | None) -> dict[str, Any] | None:
     """The serving image `build` made of the reported version (.lepton/image.json); None when there is no
     such record, or it is of another version (a stale file must not be shown as this version's image)."""
     if record is None or version is None or record.model.get("digest") != version.digest:
         return None
+    from lepton_ci.registry.shared import human_size
+
     how = "model-only rebuild" if record.mode == "model-only" else "full build"
     sizes = (
-        f"{_megabytes(record.size_bytes)}, {_megabytes(record.pushed_bytes)} pushed" if record.pushed else "not pushed"
+        f"{human_size(record.size_bytes)}, {human_size(record.pushed_bytes)} pushed" if record.pushed else "not pushed"
     )
     return {"ref": record.image, "how": how, "sizes": sizes, "tags": list(record.tags) if record.pushed else []}
 
